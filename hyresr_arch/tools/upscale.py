@@ -1,0 +1,324 @@
+"""``hyresr upscale -m MODEL INPUT... -o OUTDIR``: upscale images with a HyReSR model.
+
+* ``.pth`` / ``.safetensors``: read safely (weights_only / safetensors), loaded through spandrel with
+  HyReSR registered (so size requirements, fp16/bf16 support and clamping are spandrel's).
+* ``.onnx``: run with onnxruntime (fp16 files take fp16 input; inputs smaller than 8 px are
+  edge-padded to 8 px first, because the exported graph's reflect padding needs it).
+
+Tiling (``--tile N``): the image is cut into N x N cores; each core is run with ``--overlap`` pixels
+of real image context on every side (its start snapped to the network's window grid) and only the
+core of the result is kept, so tiles never blend. HyReSR's channel attention and GlobalMix see the
+whole tile, so a tiled result differs slightly from the whole-image one: the test suite bounds the
+mean absolute difference (see ``docs/USE_A_MODEL.md``).
+
+Alpha: a colour model upscales the alpha plane separately with the same model, as a grey image
+(``--alpha model``, default) or with bicubic resampling (``--alpha bicubic``); a constant alpha
+plane (fully opaque PNGs) is kept constant without running anything. A 4-channel model gets RGBA
+directly. Grey images are fed to colour models as three equal planes and written back as grey.
+
+Every output is written to a temporary name in OUTDIR and renamed when complete. An output path
+that is an input path is refused before anything runs. A bad input image is reported and skipped;
+the others are still written and the exit code is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import common
+from .common import CheckpointError, Image, ImageError
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+ONNX_MIN_SIZE = 8
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-m", "--model", required=True, help=".pth / .safetensors / .onnx model")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
+    parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created)")
+    parser.add_argument("--tile", type=int, default=0, metavar="N",
+                        help="tile size in input pixels (0 = whole image, the default)")
+    parser.add_argument("--overlap", type=int, default=32, metavar="N",
+                        help="context pixels around each tile (default 32)")
+    prec = parser.add_mutually_exclusive_group()
+    prec.add_argument("--fp16", action="store_true", help="half precision (PyTorch models that support it)")
+    prec.add_argument("--bf16", action="store_true", help="bfloat16 precision (PyTorch models)")
+    parser.add_argument("--device", default="auto", help="torch device or 'auto' (cuda if available)")
+    parser.add_argument("--format", default="same", choices=("same", "png", "jpg", "webp"),
+                        help="output format (default: the input's)")
+    parser.add_argument("--suffix", default="", help="added to each output file name before the extension")
+    parser.add_argument("--alpha", default="model", choices=("model", "bicubic"),
+                        help="how a colour model upscales alpha (default: model)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+# --------------------------------------------------------------------------- runners
+
+
+@dataclass
+class Runner:
+    """A model as a function (1, C, h, w) float32 CPU -> (1, C', h*s, w*s) float32 CPU."""
+
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    scale: int
+    in_ch: int
+    out_ch: int
+    align: int = 32  # tile starts snap to this grid (window grid of the deepest stage)
+    name: str = ""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+def torch_runner(path: str, device: str = "auto", fp16: bool = False, bf16: bool = False) -> Runner:
+    desc, _ = common.load_descriptor(path, "cpu")
+    dev = common.pick_device(device)
+    dtype = torch.float16 if fp16 else torch.bfloat16 if bf16 else torch.float32
+    if fp16 and not desc.supports_half:
+        raise CheckpointError(f"{path}: this model does not support fp16")
+    if bf16 and not desc.supports_bfloat16:
+        raise CheckpointError(f"{path}: this model does not support bf16")
+    desc.to(dev).eval()
+    desc.model.to(dtype=dtype)
+    hp = getattr(desc.model, "hyperparameters", {}) or {}
+    align = 4 * int(hp.get("window", 8))
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return desc(x.to(dev, dtype)).float().cpu()
+
+    return Runner(run, desc.scale, desc.input_channels, desc.output_channels, align, "pytorch")
+
+
+def onnx_runner(path: str, device: str = "auto") -> Runner:
+    import onnxruntime as ort
+
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: no such file")
+    providers = ["CPUExecutionProvider"]
+    if device in ("auto", "cuda") or device.startswith("cuda"):
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+    try:
+        sess = ort.InferenceSession(str(p), providers=providers)
+    except Exception as err:
+        raise CheckpointError(f"{p}: cannot load ONNX model: {str(err).splitlines()[0]}") from None
+    inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
+    np_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+    in_ch = inp.shape[1] if isinstance(inp.shape[1], int) else 3
+    meta = sess.get_modelmeta().custom_metadata_map
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        ph, pw = max(0, ONNX_MIN_SIZE - h), max(0, ONNX_MIN_SIZE - w)
+        if ph or pw:
+            x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
+        y = sess.run([out.name], {inp.name: x.numpy().astype(np_dtype)})[0]
+        y = torch.from_numpy(y.astype(np.float32)).clamp_(0, 1)
+        s = y.shape[-1] // x.shape[-1]
+        return y[..., : h * s, : w * s]
+
+    if "scale" in meta:
+        scale, out_ch = int(meta["scale"]), int(meta.get("output_channels", in_ch))
+    else:  # probe
+        probe = run(torch.zeros(1, in_ch, ONNX_MIN_SIZE, ONNX_MIN_SIZE))
+        scale, out_ch = probe.shape[-1] // ONNX_MIN_SIZE, probe.shape[1]
+    align = 4 * int(meta["window"]) if "window" in meta else 32
+    return Runner(run, scale, in_ch, out_ch, align, "onnx")
+
+
+def load_runner(path: str, device: str = "auto", fp16: bool = False, bf16: bool = False) -> Runner:
+    kind = common.model_kind(path)
+    if kind == "onnx":
+        if fp16 or bf16:
+            raise CheckpointError(
+                f"{path}: --fp16/--bf16 apply to PyTorch models; an ONNX file has its precision "
+                "built in (use the _fp16.onnx export for half precision)")
+        return onnx_runner(path, device)
+    return torch_runner(path, device, fp16, bf16)
+
+
+# --------------------------------------------------------------------------- tiling
+
+
+def _tile_starts(size: int, tile: int) -> list[int]:
+    return list(range(0, size, tile))
+
+
+def upscale_tensor(runner: Runner, x: torch.Tensor, tile: int = 0, overlap: int = 32,
+                   progress: bool = False, desc: str = "") -> torch.Tensor:
+    """(1, C, H, W) -> (1, C', H*s, W*s), tiled when 0 < tile < max(H, W)."""
+    _, _, h, w = x.shape
+    s = runner.scale
+    if tile <= 0 or (h <= tile and w <= tile):
+        return runner(x)
+    if overlap < 0:
+        raise ValueError("overlap must be >= 0")
+    a = max(1, runner.align)
+    boxes = [(y0, x0) for y0 in _tile_starts(h, tile) for x0 in _tile_starts(w, tile)]
+    out = torch.zeros(1, runner.out_ch, h * s, w * s)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(boxes), desc=desc or "tiles", unit="tile", leave=False, file=sys.stderr)
+    try:
+        for y0, x0 in boxes:
+            y1, x1 = min(h, y0 + tile), min(w, x0 + tile)
+            # context window, its start snapped to the window grid so attention windows line up
+            cy0 = max(0, (y0 - overlap) // a * a)
+            cx0 = max(0, (x0 - overlap) // a * a)
+            cy1, cx1 = min(h, y1 + overlap), min(w, x1 + overlap)
+            y = runner(x[:, :, cy0:cy1, cx0:cx1])
+            out[:, :, y0 * s : y1 * s, x0 * s : x1 * s] = y[
+                :, :, (y0 - cy0) * s : (y1 - cy0) * s, (x0 - cx0) * s : (x1 - cx0) * s]
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return out
+
+
+# --------------------------------------------------------------------------- one image
+
+
+def upscale_image(runner: Runner, img: Image, tile: int = 0, overlap: int = 32, alpha_mode: str = "model",
+                  progress: bool = False, name: str = "") -> Image:
+    s = runner.scale
+    grey_in = img.color.shape[2] == 1
+    color = img.color
+    alpha = img.alpha
+    if runner.in_ch == 4:  # RGBA model: alpha is part of the input
+        rgba = common.match_channels(color, 3)
+        rgba = np.concatenate([rgba, (alpha if alpha is not None else np.ones(color.shape[:2], np.float32))[:, :, None]], 2)
+        y = common.to_array(upscale_tensor(runner, common.to_tensor(rgba), tile, overlap, progress, name))
+        out_color = y[:, :, :3] if runner.out_ch == 4 else common.match_channels(y, 3) if y.shape[2] == 1 else y
+        out_alpha = y[:, :, 3] if (runner.out_ch == 4 and alpha is not None) else None
+        if out_alpha is None and alpha is not None:
+            out_alpha = _upscale_alpha(runner, alpha, tile, overlap, "bicubic", progress, name)
+    else:
+        x = common.match_channels(color, runner.in_ch)
+        y = common.to_array(upscale_tensor(runner, common.to_tensor(x), tile, overlap, progress, name))
+        out_color = y
+        out_alpha = _upscale_alpha(runner, alpha, tile, overlap, alpha_mode, progress, name) if alpha is not None else None
+    if grey_in and out_color.shape[2] == 3:
+        out_color = common.match_channels(out_color, 1)
+    elif not grey_in and out_color.shape[2] == 1:
+        out_color = np.repeat(out_color, 3, axis=2)
+    if out_color.shape[2] == 4:
+        out_color = out_color[:, :, :3]
+    return Image(np.ascontiguousarray(out_color), out_alpha, img.bit_depth)
+
+
+def _upscale_alpha(runner: Runner, alpha: np.ndarray, tile: int, overlap: int, mode: str,
+                   progress: bool, name: str) -> np.ndarray:
+    import cv2
+
+    s = runner.scale
+    h, w = alpha.shape
+    lo, hi = float(alpha.min()), float(alpha.max())
+    if lo == hi:  # constant (e.g. fully opaque): exact, nothing to run
+        return np.full((h * s, w * s), lo, np.float32)
+    if mode == "bicubic" or runner.in_ch == 4:
+        return np.clip(cv2.resize(alpha, (w * s, h * s), interpolation=cv2.INTER_CUBIC), 0, 1)
+    x = common.match_channels(alpha[:, :, None], runner.in_ch if runner.in_ch != 4 else 3)
+    y = common.to_array(upscale_tensor(runner, common.to_tensor(x), tile, overlap, progress, f"{name} alpha"))
+    return y.mean(axis=2) if y.shape[2] > 1 else y[:, :, 0]
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def collect_inputs(items: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in common.IMAGE_EXTS)
+        else:
+            files.append(p)
+    return files
+
+
+def output_path(inp: Path, outdir: Path, fmt: str, suffix: str) -> Path:
+    ext = inp.suffix if fmt == "same" else "." + fmt
+    if ext.lower() not in common.IMAGE_EXTS:
+        ext = ".png"
+    return outdir / f"{inp.stem}{suffix}{ext}"
+
+
+def main(args: argparse.Namespace) -> int:
+    err = sys.stderr
+    inputs = collect_inputs(args.inputs)
+    if not inputs:
+        print("hyresr upscale: no input images", file=err)
+        return EXIT_USAGE
+    if args.tile < 0 or args.overlap < 0:
+        print("hyresr upscale: --tile and --overlap must be >= 0", file=err)
+        return EXIT_USAGE
+    outdir = Path(args.output)
+    plan = [(inp, output_path(inp, outdir, args.format, args.suffix)) for inp in inputs]
+    # never overwrite a user's input, never write two inputs to one output
+    seen: dict[str, Path] = {}
+    for inp, out in plan:
+        for other in inputs:
+            if common.same_file(out, other):
+                print(f"hyresr upscale: refusing to write {out}: it is an input file "
+                      "(choose another -o folder or a --suffix)", file=err)
+                return EXIT_USAGE
+        key = str(Path(out).resolve())
+        if key in seen:
+            print(f"hyresr upscale: {inp} and {seen[key]} would both be written to {out}", file=err)
+            return EXIT_USAGE
+        seen[key] = inp
+    try:
+        common.ensure_writable_dir(outdir)
+    except OSError as e:
+        print(f"hyresr upscale: {e}", file=err)
+        return EXIT_USAGE
+    try:
+        runner = load_runner(args.model, args.device, args.fp16, args.bf16)
+    except (CheckpointError, ValueError, RuntimeError) as e:
+        print(f"hyresr upscale: {e}", file=err)
+        return EXIT_USAGE
+
+    progress = not args.quiet
+    failures: list[str] = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(plan), desc="images", unit="img", file=err)
+    for inp, out in plan:
+        try:
+            img = common.read_image(inp)
+            result = upscale_image(runner, img, args.tile, args.overlap, args.alpha, progress, inp.name)
+            common.write_image(out, result)
+        except (ImageError, ValueError, RuntimeError, OSError, MemoryError) as e:
+            msg = str(e) if str(inp) in str(e) else f"{inp}: {e}"
+            failures.append(msg)
+            (bar.write if bar is not None else lambda m: print(m, file=err))(f"error: {msg}")
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    done = len(plan) - len(failures)
+    print(f"upscaled {done}/{len(plan)} image(s) x{runner.scale} into {outdir}", file=err)
+    if failures:
+        print(f"{len(failures)} failed:", file=err)
+        for m in failures:
+            print(f"  {m}", file=err)
+        return EXIT_SOME_FAILED
+    return EXIT_OK
+
+
+__all__ = ["configure", "main", "load_runner", "upscale_tensor", "upscale_image", "Runner"]
