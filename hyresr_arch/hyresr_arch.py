@@ -47,6 +47,9 @@ FORMAT_VERSION = 1
 PAD_MULTIPLE = 8
 # Finite "minus infinity" for masked logits: safe in fp16 and never NaN for fully masked rows.
 MASK_VALUE = -1e4
+# Learned residual scales start small (near identity) but not at zero, so every weight behind
+# them gets a gradient from the first step.
+RESIDUAL_INIT = 1e-2
 
 
 def _store_hyperparameters(cls):
@@ -88,7 +91,7 @@ class LayerNorm2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.permute(0, 2, 3, 1)
-        x = F.layer_norm(x, x.shape[-1:], self.weight, self.bias, 1e-6)
+        x = F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-6)
         return x.permute(0, 3, 1, 2)
 
 
@@ -159,7 +162,8 @@ def _upsample_to(x: Tensor, ref: Tensor) -> Tensor:
 class NAFBlock(nn.Module):
     """NAFNet block: gated depthwise conv + channel attention, then a gated 1x1 FFN.
 
-    Residual scales start at zero (as in NAFNet) so a deep stack starts as identity.
+    Residual scales start near zero (NAFNet uses exactly zero) so a deep stack starts close to
+    identity, yet every weight gets a gradient from the first step.
     """
 
     def __init__(self, dim: int) -> None:
@@ -173,8 +177,8 @@ class NAFBlock(nn.Module):
         self.norm2 = LayerNorm2d(dim)
         self.ffn1 = nn.Conv2d(dim, dim * 2, 1)
         self.ffn2 = nn.Conv2d(dim, dim, 1)
-        self.beta = nn.Parameter(torch.zeros(1, dim, 1, 1))
-        self.gamma = nn.Parameter(torch.zeros(1, dim, 1, 1))
+        self.beta = nn.Parameter(torch.full((1, dim, 1, 1), RESIDUAL_INIT))
+        self.gamma = nn.Parameter(torch.full((1, dim, 1, 1), RESIDUAL_INIT))
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.pw2(self.ca(self.gate(self.dw(self.pw1(self.norm1(x))))))
@@ -309,7 +313,7 @@ class TokenMoE(nn.Module):
       token's output never depends on the rest of the batch.
     - The router is trained through the chosen expert's gate probability (output = p * expert).
     - Balancing needs nothing from the host's loop (no host has a hook for an auxiliary loss):
-      a per-expert ``route_bias`` is added to the scores only to pick the expert, and nudged
+      a per-expert ``route_bias`` is added to the router logits only to pick the expert, and nudged
       under ``no_grad`` towards equal load after each training forward (loss-free balancing).
       It is a frozen ``nn.Parameter`` rather than a buffer so that every host's EMA (BasicSR's
       averages parameters only) averages it, and it is saved in every checkpoint; under DDP the
@@ -318,7 +322,7 @@ class TokenMoE(nn.Module):
       parameter is in the graph (DDP works without ``find_unused_parameters``).
     """
 
-    balance_rate = 1e-2  # bias step per training forward
+    balance_rate = 0.05  # bias step (in logits) per training forward
 
     def __init__(self, dim: int, experts: int, hidden: int) -> None:
         super().__init__()
@@ -330,8 +334,10 @@ class TokenMoE(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # x: B, H, W, C
         tokens = x.reshape(-1, x.shape[-1])  # N, C
         with torch.autocast(device_type=x.device.type, enabled=False):
-            probs = self.router(tokens.float()).softmax(dim=-1)  # N, E
-        choice = (probs + self.route_bias.float()).argmax(dim=-1)  # N
+            # fp32 routing even when the model was cast with .half() (chaiNNer does)
+            logits = F.linear(tokens.float(), self.router.weight.float(), self.router.bias.float())  # N, E
+        probs = logits.softmax(dim=-1)
+        choice = (logits + self.route_bias.float()).argmax(dim=-1)  # N; the bias steers selection only
         gate = probs.gather(1, choice[:, None]).to(tokens.dtype)  # N, 1
         if not torch.jit.is_tracing():
             self._update_load(choice)
@@ -487,7 +493,7 @@ class GlobalMix(nn.Module):
         self.qkv = nn.Conv2d(dim, dim * 3, 1)
         self.dwc = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
         self.proj = nn.Conv2d(dim, dim, 1)
-        self.gamma = nn.Parameter(torch.zeros(1, dim, 1, 1))
+        self.gamma = nn.Parameter(torch.full((1, dim, 1, 1), RESIDUAL_INIT))
 
     def _focus(self, t: Tensor) -> Tensor:
         t = F.relu(t) + 1e-6
@@ -592,7 +598,7 @@ class DySampleHead(nn.Module):
     """DySample (Liu et al. 2023): learned point sampling of an LR image-space map.
 
     A 3x3 conv makes out_ch LR channels; per output pixel a learned offset (dynamic scope,
-    starting at zero = plain bilinear upsampling) moves the sampling point; grid_sample reads it.
+    starting near zero = plain bilinear upsampling) moves the sampling point; grid_sample reads it.
     Needs ONNX opset >= 16 (grid_sample).
     """
 
@@ -602,24 +608,24 @@ class DySampleHead(nn.Module):
         self.to_img = nn.Conv2d(dim, out_ch, 3, padding=1)
         self.offset = nn.Conv2d(dim, 2 * scale * scale, 1)
         self.scope = nn.Conv2d(dim, 2 * scale * scale, 1)
-        nn.init.zeros_(self.offset.weight)
+        nn.init.normal_(self.offset.weight, std=1e-3)
         nn.init.zeros_(self.offset.bias)
-        nn.init.zeros_(self.scope.weight)
-        nn.init.zeros_(self.scope.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         b, _, h, w = x.shape
         s = self.scale
         img = self.to_img(x)
-        offset = self.offset(x) * self.scope(x).sigmoid()  # B, 2*s*s, H, W (in LR pixels)
+        # sampling positions in fp32: half precision cannot address pixels of a wide image
+        offset = (self.offset(x) * self.scope(x).sigmoid()).float()  # B, 2*s*s, H, W (in LR pixels)
         offset = F.pixel_shuffle(offset, s)  # B, 2, sH, sW
         # centres of the output pixels in LR pixel coordinates
-        ys = (torch.arange(h * s, device=x.device, dtype=x.dtype) + 0.5) / s - 0.5
-        xs = (torch.arange(w * s, device=x.device, dtype=x.dtype) + 0.5) / s - 0.5
+        ys = (torch.arange(h * s, device=x.device, dtype=torch.float32) + 0.5) / s - 0.5
+        xs = (torch.arange(w * s, device=x.device, dtype=torch.float32) + 0.5) / s - 0.5
         gy = ys.view(1, -1, 1) + offset[:, 1]
         gx = xs.view(1, 1, -1) + offset[:, 0]
         grid = torch.stack([(gx + 0.5) * 2 / w - 1, (gy + 0.5) * 2 / h - 1], dim=-1)  # B, sH, sW, 2
-        return F.grid_sample(img, grid.to(img.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+        out = F.grid_sample(img.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return out.to(img.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -763,9 +769,8 @@ def _check_input(x: Tensor, in_ch: int) -> None:
 def _pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
     """Reflect-pad bottom/right to a multiple (replicate where the image is too small to reflect)."""
     h, w = x.shape[-2:]
+    # no early return when nothing is needed: a traced (ONNX) graph must keep the pad for other sizes
     ph, pw = (-h) % multiple, (-w) % multiple
-    if ph == 0 and pw == 0:
-        return x
     mode = "reflect" if ph < h and pw < w else "replicate"
     return F.pad(x, (0, pw, 0, ph), mode=mode)
 
