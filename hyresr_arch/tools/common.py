@@ -229,8 +229,8 @@ def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
 
 
 def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
-    """Create `path` if needed and prove it is writable; ImageError-free, raises OSError subclass
-    PermissionError / NotADirectoryError with a message naming the folder."""
+    """Create `path` if needed and prove it is writable; otherwise raise PermissionError or
+    NotADirectoryError with a message naming the folder."""
     d = Path(path)
     try:
         d.mkdir(parents=True, exist_ok=True)
@@ -262,12 +262,19 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; final files get normal modes
         yield tmp_path
         os.replace(tmp_path, final)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(final: str | os.PathLike[str], data: bytes) -> None:

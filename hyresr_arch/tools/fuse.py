@@ -77,7 +77,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"hyresr fuse: refusing to overwrite the input {src}; give another OUT", file=err)
         return 2
     try:
-        common.model_kind(dst)
         if common.model_kind(dst) == "onnx":
             raise CheckpointError(f"{dst}: use `hyresr export-onnx` to write ONNX")
         model, ckpt = common.load_model(src)
