@@ -343,7 +343,9 @@ class TokenMoE(nn.Module):
             self._update_load(choice)
         out = torch.zeros_like(tokens)
         for e, expert in enumerate(self.experts):
-            idx = (choice == e).nonzero().squeeze(1)
+            # clone(): under torch.inference_mode() index_add with a view of nonzero's output
+            # takes a ~1000x slower path on CPU
+            idx = (choice == e).nonzero().flatten().clone()
             y = expert(tokens.index_select(0, idx)) * gate.index_select(0, idx)
             out = out.index_add(0, idx, y.to(out.dtype))
         return out.reshape(x.shape)
@@ -522,7 +524,7 @@ class Stage(nn.Module):
                  **block_kw) -> None:
         super().__init__()
         self.window, self.kv_window, self.high_depth = window, kv_window, high_depth
-        heads = max(1, dim // 16)
+        heads = next(h for h in range(max(1, dim // 16), 0, -1) if dim % h == 0)  # ~16 channels per head
         self.blocks = nn.ModuleList(
             HyReSRBlock(dim, heads=heads, window=window, kv_window=kv_window, high_depth=high_depth, **block_kw)
             for _ in range(depth))
@@ -667,10 +669,11 @@ class HyReSR(nn.Module):
                       ratios=(overlap, ffn_ratio, expert_ratio))
         self.in_ch, self.out_ch, self.scale = in_ch, out_ch, scale
         kv_window = window + round(window * overlap)
-        # What tensor shapes cannot tell, as integers (ratios in thousandths) so that .half()
-        # leaves it exact: read back by build_from_state_dict.
-        self.register_buffer("hyresr_meta", torch.tensor(
-            [FORMAT_VERSION, scale, in_ch, out_ch, window, _milli(overlap), _milli(ffn_ratio), _milli(expert_ratio)]))
+        # What tensor shapes cannot tell, as integers (ratios in thousandths), saved in the state
+        # dict as "hyresr_meta" and read back by build_from_state_dict. A plain attribute, not a
+        # buffer: .half(), EMA buffer averaging (AveragedModel(use_buffers=True)) must not touch it.
+        self._meta = torch.tensor(
+            [FORMAT_VERSION, scale, in_ch, out_ch, window, _milli(overlap), _milli(ffn_ratio), _milli(expert_ratio)])
 
         block_kw = dict(window=window, kv_window=kv_window, low_depth=low_depth, high_depth=high_depth,
                         ffn_ratio=ffn_ratio, experts=experts, expert_ratio=expert_ratio, kernel_size=kernel_size,
@@ -705,6 +708,30 @@ class HyReSR(nn.Module):
         head = self.head_dysample if hasattr(self, "head_dysample") else self.head
         out = head(d1 + feat)[..., : h * self.scale, : w * self.scale]
         return out + _global_residual(x, self.scale, self.out_ch)
+
+    # -- the "hyresr_meta" entry of the state dict -----------------------------------------
+
+    @property
+    def hyresr_meta(self) -> Tensor:
+        return self._meta.clone()
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        destination[prefix + "hyresr_meta"] = self._meta.clone()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        key = prefix + "hyresr_meta"
+        if key not in state_dict:
+            if strict:
+                missing_keys.append(key)
+        elif not torch.equal(state_dict[key].cpu().long(), self._meta):
+            error_msgs.append(f"hyresr_meta {state_dict[key].tolist()} describes another network than this one "
+                              f"({self._meta.tolist()})")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if key in unexpected_keys:
+            unexpected_keys.remove(key)
 
     # -- deployment helpers --------------------------------------------------------------
 

@@ -19,6 +19,8 @@ import pytest
 import safetensors.torch
 import torch
 
+import conftest
+
 import hyresr_arch as H
 from hyresr_arch.cli import main as cli
 from hyresr_arch.tools import common, upscale
@@ -27,12 +29,8 @@ torch.set_num_threads(1)
 
 
 def perturb(model: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * std)
-    return model.eval()
+    """Off-init weights (zero-init residual scales hide bugs), in eval mode."""
+    return conftest.perturb(model, std=std, seed=seed).eval()
 
 
 @pytest.fixture(scope="module")

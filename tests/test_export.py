@@ -13,6 +13,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
+import conftest
+
 import hyresr_arch as H
 from hyresr_arch.tools import export_onnx
 
@@ -23,12 +25,8 @@ SIZES = [(1, 24, 20), (1, 17, 33), (2, 8, 8), (1, 40, 48)]
 
 
 def perturb(model: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * std)
-    return model.eval()
+    """Off-init weights (zero-init residual scales hide bugs), in eval mode."""
+    return conftest.perturb(model, std=std, seed=seed).eval()
 
 
 def _session(path) -> ort.InferenceSession:

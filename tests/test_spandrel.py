@@ -12,6 +12,8 @@ import json
 import pytest
 import safetensors.torch
 import torch
+
+import conftest
 from spandrel import MAIN_REGISTRY, ImageModelDescriptor, ModelLoader, SizeRequirements
 
 import hyresr_arch as H
@@ -25,13 +27,8 @@ def _registered():
 
 
 def perturb(model: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:
-    """Move every trainable parameter off its init (zero-init residual scales hide bugs)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * std)
-    return model.eval()
+    """Off-init weights (zero-init residual scales hide bugs), in eval mode."""
+    return conftest.perturb(model, std=std, seed=seed).eval()
 
 
 def hyresr_arch_support():

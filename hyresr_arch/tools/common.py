@@ -356,11 +356,19 @@ def load_descriptor(path: str | os.PathLike[str], device: str | torch.device = "
     ckpt = read_checkpoint(path)
     loader = spandrel_loader(device)
     try:
-        return loader.load_from_state_dict(ckpt.state_dict), ckpt
+        desc = loader.load_from_state_dict(ckpt.state_dict)
     except Exception as err:
+        if "hyresr_meta" in ckpt.state_dict:  # a damaged HyReSR checkpoint: name the missing/wrong key
+            build_model(ckpt)
+        reason = str(err) or "no known architecture matches its keys"
         raise CheckpointError(
-            f"{ckpt.path}: spandrel cannot load this checkpoint: {type(err).__name__}: {err}"
+            f"{ckpt.path}: spandrel cannot load this checkpoint: {type(err).__name__}: {reason}"
         ) from None
+    if desc.architecture.id != "HyReSR":
+        raise CheckpointError(
+            f"{ckpt.path}: not a HyReSR checkpoint (spandrel detects a {desc.architecture.id} model)"
+        )
+    return desc, ckpt
 
 
 def pick_device(name: str | None) -> torch.device:
