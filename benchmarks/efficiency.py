@@ -42,6 +42,17 @@ import zoo  # noqa: E402
 warnings.filterwarnings("ignore", message=".*meshgrid.*")
 warnings.filterwarnings("ignore", category=UserWarning, module="torch.profiler")
 
+# Timing context. no_grad is what BasicSR / neosr / traiNNer-redux validation uses. torch.inference_mode
+# is selectable: with torch 2.14 on CPU it makes index_add / index_put with an index produced by
+# nonzero() inside inference mode ~1000x slower (see docs/BENCHMARKS.md), which hits top-1 MoE dispatch.
+GRAD_MODE = {"no_grad": torch.no_grad, "inference": torch.inference_mode}
+_ctx = [torch.no_grad]
+
+
+def nograd():
+    return _ctx[0]()
+
+
 CUDA_MODES = ("fp32", "bf16", "fp16", "cl_fp16", "compile_fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -89,7 +100,7 @@ def deploy_params(model: nn.Module) -> int:
 def gmacs(model: nn.Module, x: torch.Tensor) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+    with nograd(), FlopCounterMode(display=False) as counter:
         model(x)
     return counter.get_total_flops() / 2 / 1e9
 
@@ -105,13 +116,13 @@ def peak_memory_mb(model: nn.Module, x: torch.Tensor) -> float:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
-        with torch.inference_mode():
+        with nograd():
             model(x)
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2**20
     from torch.profiler import ProfilerActivity, profile
 
-    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with nograd(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         model(x)
     cur = peak = 0
     for ev in sorted(prof.events(), key=lambda e: e.time_range.start):
@@ -131,7 +142,7 @@ def time_interleaved(models: dict[str, nn.Module], x: torch.Tensor, repeats: int
     drift of the machine hits all models alike. Returns per-repeat seconds per model."""
     names = list(models)
     out: dict[str, list[float]] = {n: [] for n in names}
-    with torch.inference_mode():
+    with nograd():
         for _ in range(warmup):
             for n in names:
                 models[n](x)
@@ -300,7 +311,7 @@ def write_outputs(args, entries, modes, ref, target_rows, scale_rows, out: Path,
 
     md = [f"# Efficiency ({tag})", "", f"- command: `{command}`", f"- machine: {info}",
           f"- input: 1x3x{args.size}x{args.size}, x{args.scale}; {args.repeats} interleaved repeats after "
-          f"{args.warmup} warm-up; latency ratio = median over repeats of t/t({ref}) in the same repeat",
+          f"{args.warmup} warm-up, under torch.{_ctx[0].__name__}; latency ratio = median over repeats of t/t({ref}) in the same repeat",
           "- GMACs: FlopCounterMode FLOPs/2 (conv/linear/matmul/attention only); memory: "
           + ("CUDA max_memory_allocated delta" if args.device.startswith("cuda")
              else "peak live tensor bytes of one forward from torch.profiler memory events (weights excluded)"),
@@ -396,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ref", default=zoo.REFERENCE_PEER, help="peer the latency ratios refer to")
     p.add_argument("--scaling-sizes", default=None, help="default 64,128,192,256 (quick: 64,128); 'none' skips")
     p.add_argument("--scaling-repeats", type=int, default=None)
+    p.add_argument("--grad-mode", choices=list(GRAD_MODE), default="no_grad",
+                   help="context the forwards run in (default no_grad, as BasicSR-family validation)")
     p.add_argument("--quick", action="store_true", help="5 repeats, scaling 64/128, no memory profile")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
@@ -406,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    _ctx[0] = GRAD_MODE[args.grad_mode]
     args.repeats = args.repeats or (5 if args.quick else 15)
     tag = args.tag or f"{args.device.split(':')[0]}_x{args.scale}_{args.size}"
     quality_csv = args.quality_csv or args.out / "quality.csv"
@@ -445,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
             e.errors["gmacs"] = f"{type(err).__name__}: {err}"
             log(f"  gmacs failed for {e.name}: {err}")
     unfused = {e.base: e for e in entries if e.fused is False}
-    with torch.inference_mode():
+    with nograd():
         for e in entries:
             if e.fused and e.base in unfused:
                 d = (e.model(x0) - unfused[e.base].model(x0)).abs().max().item()
@@ -456,11 +470,11 @@ def main(argv: list[str] | None = None) -> int:
         x = input_for(mode, x0, args.device)
         allowed = set(zoo.resolve_models(args.compile_models, args.scale)) if mode.startswith("compile_") else None
         for e in entries:
-            if allowed is not None and e.base not in allowed:
-                continue
+            if allowed is not None and (e.base not in allowed or e.fused is False):
+                continue  # compile only the deployed (fused) HyReSR graphs and the named peers
             try:
                 m = prepare(e.model, mode, args.device)
-                with torch.inference_mode():
+                with nograd():
                     y = m(x)  # also triggers compilation
                     if mode.startswith("compile_"):
                         m(x)

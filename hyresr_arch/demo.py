@@ -36,7 +36,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="folder of your own HR images (>= 3 images; the last 2, sorted by name, are held out); "
                              "default: the sample photos bundled with scikit-image")
     parser.add_argument("--iters", type=int, default=1200, help="training iterations (default: %(default)s)")
-    parser.add_argument("--batch", type=int, default=8, help="batch size (default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=4, help="batch size (default: %(default)s)")
     parser.add_argument("--patch", type=int, default=32, help="LR patch size (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
     parser.add_argument("--seed", type=int, default=0)

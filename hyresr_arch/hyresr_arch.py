@@ -271,8 +271,9 @@ def relative_position_index(window: int, kv_window: int) -> Tensor:
 class WindowAttention(nn.Module):
     """Window multi-head self-attention with relative position bias.
 
-    Cosine attention with a clamped learnable temperature (Swin v2) keeps logits bounded, and the
-    softmax runs in fp32, so fp16/bf16 inference does not overflow.
+    Cosine attention with a clamped learnable temperature (Swin v2) keeps logits bounded, and
+    scaled_dot_product_attention accumulates its softmax in fp32, so fp16/bf16 inference does not
+    overflow.
     """
 
     def __init__(self, dim: int, heads: int, window: int, kv_window: int) -> None:
@@ -294,14 +295,18 @@ class WindowAttention(nn.Module):
         k = partition_kv(k, self.window, self.kv_window)  # B, nW, Nk, C
         v = partition_kv(v, self.window, self.kv_window)
         q, k, v = (t.reshape(b, t.shape[1], t.shape[2], self.heads, d).transpose(2, 3) for t in (q, k, v))
-        # fp32 logits and softmax: cosine similarity * temperature + bias + padding mask
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            logits = F.normalize(q.float(), dim=-1) @ F.normalize(k.float(), dim=-1).transpose(-2, -1)
-            scale = self.logit_scale.float().clamp(max=math.log(100.0)).exp()
-            bias = self.rel_bias.float()[:, self.rel_index]  # heads, Nq, Nk
-            attn = (logits * scale + bias + geo.mask).softmax(dim=-1)
-        out = attn.to(v.dtype) @ v  # B, nW, heads, Nq, d
-        out = out.transpose(2, 3).reshape(b, -1, self.window * self.window, c)
+        n_win = q.shape[1]
+        # cosine similarity x clamped temperature: logits stay within +-100 in any precision;
+        # SDPA's kernels accumulate the softmax in fp32
+        # (norms in fp32: the zero vectors of padded pixels give 0/eps, and eps underflows in fp16)
+        scale = self.logit_scale.float().clamp(max=math.log(100.0)).exp()  # heads, 1, 1
+        q = (F.normalize(q.float(), dim=-1) * scale).to(v.dtype)
+        k = F.normalize(k.float(), dim=-1).to(v.dtype)
+        bias = (self.rel_bias.float()[:, self.rel_index] + geo.mask).to(v.dtype)  # 1, nW, heads, Nq, Nk
+        bias = bias.expand(b, -1, -1, -1, -1).reshape(b * n_win, *bias.shape[2:])
+        out = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), attn_mask=bias,
+                                             scale=1.0)  # B*nW, heads, Nq, d
+        out = out.reshape(b, n_win, self.heads, -1, d).transpose(2, 3).reshape(b, n_win, -1, c)
         out = geo.crop(merge(out, self.window, geo.hp, geo.wp))  # B, H, W, C
         return self.proj(out)
 
@@ -584,6 +589,13 @@ class SkipFusion(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
+def _near_zero_init(conv: nn.Conv2d) -> None:
+    """Output convs start near zero: the network starts at its bilinear residual (~bicubic quality,
+    not far below it), and unlike an exact zero every weight behind it still gets a gradient."""
+    nn.init.normal_(conv.weight, std=1e-3)
+    nn.init.zeros_(conv.bias)
+
+
 class PixelShuffleHead(nn.Module):
     """3x3 conv to out_ch * scale^2, PixelShuffle(scale); scale 1 is a plain conv."""
 
@@ -591,6 +603,7 @@ class PixelShuffleHead(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(dim, out_ch * scale * scale, 3, padding=1)
         self.shuffle = nn.PixelShuffle(scale)
+        _near_zero_init(self.conv)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.shuffle(self.conv(x))
@@ -608,6 +621,7 @@ class DySampleHead(nn.Module):
         super().__init__()
         self.scale = scale
         self.to_img = nn.Conv2d(dim, out_ch, 3, padding=1)
+        _near_zero_init(self.to_img)
         self.offset = nn.Conv2d(dim, 2 * scale * scale, 1)
         self.scope = nn.Conv2d(dim, 2 * scale * scale, 1)
         nn.init.normal_(self.offset.weight, std=1e-3)

@@ -1,0 +1,124 @@
+"""`hyresr install`: put HyReSR into a neosr or traiNNer-redux checkout (or take it out again).
+
+    hyresr install --host neosr --root ~/neosr
+    hyresr install --host traiNNer --root ~/traiNNer-redux
+    hyresr install --host traiNNer --root ~/traiNNer-redux --uninstall
+
+Copies ``hyresr_arch.py`` into the host's ``archs/`` folder (the host registers it on import) and
+our option templates into the host's options folder. A different file already at a destination is
+never overwritten without ``--force``; ``--uninstall`` removes only files identical to ours
+(``--force``: remove them anyway). What goes where is in ``registry_hooks/<host>.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import shutil
+import sys
+from pathlib import Path
+
+HOSTS = ("neosr", "traiNNer")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", required=True, choices=HOSTS, help="which training framework")
+    parser.add_argument("--root", required=True, help="the host's checkout (the folder holding train.py)")
+    parser.add_argument("--force", action="store_true",
+                        help="overwrite (or, with --uninstall, remove) files that differ from ours")
+    parser.add_argument("--uninstall", action="store_true", help="remove what install put there")
+
+
+def _host_module(host: str):
+    if host == "neosr":
+        from registry_hooks import neosr as mod
+    else:
+        from registry_hooks import traiNNer as mod
+    return mod
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def plan(host: str) -> list[tuple[Path, str]]:
+    """(source file in this pack, destination relative to the host root) for everything we install."""
+    mod = _host_module(host)
+    arch = Path(__file__).resolve().parent / "hyresr_arch.py"
+    items = [(arch, mod.ARCH_DEST)]
+    options = _repo_root() / mod.OPTIONS_SOURCE
+    if not options.is_dir():
+        raise FileNotFoundError(f"option templates not found at {options} (install the pack from its repository: "
+                                "pip install -e .)")
+    for src in sorted(options.iterdir()):
+        if src.is_file() and src.suffix in (".toml", ".yml", ".yaml"):
+            dest = mod.destination(src.name) if hasattr(mod, "destination") else f"{mod.OPTIONS_DEST}/{src.name}"
+            items.append((src, dest))
+    return items
+
+
+def install(host: str, root: Path, force: bool = False, out=print) -> int:
+    items = plan(host)
+    conflicts = [d for s, d in items if (root / d).exists() and not filecmp.cmp(s, root / d, shallow=False)]
+    if conflicts and not force:
+        out("refusing to overwrite files that differ from this pack's (use --force to overwrite):")
+        for d in conflicts:
+            out(f"  {root / d}")
+        return 1
+    for src, dest in items:
+        target = root / dest
+        if target.exists() and filecmp.cmp(src, target, shallow=False):
+            out(f"unchanged   {target}")
+            continue
+        action = "overwrote" if target.exists() else "installed"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, target)
+        out(f"{action:<11} {target}")
+    mod = _host_module(host)
+    if host == "neosr":
+        out("next: python train.py -opt options/train_hyresr_light_x4.toml  (edit the dataset paths first)")
+    else:
+        out(f"next: copy a template from {root / mod.OPTIONS_DEST} into options/train/HyReSR/, edit its dataset "
+            "paths, then python train.py --auto_resume -opt options/train/HyReSR/<file>.yml")
+    return 0
+
+
+def uninstall(host: str, root: Path, force: bool = False, out=print) -> int:
+    kept = 0
+    for src, dest in plan(host):
+        target = root / dest
+        if not target.exists():
+            continue
+        if not force and not filecmp.cmp(src, target, shallow=False):
+            out(f"kept        {target}  (differs from this pack's file; --force removes it)")
+            kept += 1
+            continue
+        target.unlink()
+        out(f"removed     {target}")
+    # folders that only we create (the HyReSR template folders), if now empty
+    mod = _host_module(host)
+    for folder in {getattr(mod, "OPTIONS_DEST", ""), getattr(mod, "TEST_OPTIONS_DEST", "")}:
+        path = root / folder
+        if folder.endswith("HyReSR") and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+            out(f"removed     {path}/")
+    return 1 if kept else 0
+
+
+def main(args: argparse.Namespace) -> int:
+    root = Path(args.root).expanduser().resolve()
+    mod = _host_module(args.host)
+    if not root.is_dir() or not mod.looks_like_root(root):
+        expected = ", ".join(mod.MARKERS)
+        print(f"hyresr install: {root} does not look like a {args.host} checkout (expected {expected})",
+              file=sys.stderr)
+        return 2
+    if args.uninstall:
+        return uninstall(args.host, root, args.force)
+    return install(args.host, root, args.force)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(prog="hyresr install")
+    configure(p)
+    sys.exit(main(p.parse_args()))

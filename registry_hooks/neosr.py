@@ -1,0 +1,21 @@
+"""What `hyresr install --host neosr` puts into a neosr checkout (github.com/neosr-project/neosr).
+
+neosr imports every ``neosr/archs/*_arch.py`` when it builds a network, so the arch file alone is
+the integration: it registers the variants with ``neosr.utils.registry.ARCH_REGISTRY`` and reads
+the scale from the option file (``scale = ...``) through neosr's ``net_opt()``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HOST = "neosr"
+OPTIONS_SOURCE = "options/neosr"  # in this repository
+ARCH_DEST = "neosr/archs/hyresr_arch.py"  # in the neosr checkout
+OPTIONS_DEST = "options"  # neosr keeps train_*.toml / test_*.toml flat in options/
+# files whose presence says "this is a neosr checkout"
+MARKERS = ("neosr/archs/arch_util.py", "neosr/utils/registry.py", "train.py")
+
+
+def looks_like_root(root: Path) -> bool:
+    return all((root / m).is_file() for m in MARKERS)
