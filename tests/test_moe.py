@@ -129,9 +129,9 @@ def test_bias_balancing_keeps_every_expert_above_ten_percent(loads_with_and_with
     assert min(min(layer) for layer in train_bal) > 0.10
     # the same run without balancing collapses: some layer sends (almost) nothing to an expert
     assert min(min(layer) for layer in train_unbal) < 0.01
-    # held-out images in eval (fixed bias, a snapshot of an oscillating controller): less even,
-    # but no expert of any layer is dead, while the unbalanced run has dead experts there too
-    assert min(min(layer) for layer in held_bal) > 0.005
+    # held-out images in eval (a fixed snapshot of the oscillating bias): less even (measured min
+    # 0.11), but every expert of every layer is used, while the unbalanced run has dead experts
+    assert min(min(layer) for layer in held_bal) > 0.05
     assert min(min(layer) for layer in held_unbal) < 0.005
 
 
