@@ -5,14 +5,7 @@
 #   e.g. scripts/quickstart.sh --out my_demo --iters 2000      (see: hyresr demo --help)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-  echo "[quickstart] creating .venv with $("$PYTHON" --version)"
-  "$PYTHON" -m venv .venv
-fi
-. .venv/bin/activate
-echo "[quickstart] installing torch, torchvision and the pack with its extras"
-python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+. scripts/_venv.sh
 python -m pip install --quiet -e ".[all]"
 echo "[quickstart] running: hyresr demo $*"
 exec hyresr demo "$@"
