@@ -751,10 +751,7 @@ class HyReSR(nn.Module):
 
     def fuse(self) -> "HyReSR":
         """Fold every re-parameterizable conv into one conv, in place. Idempotent."""
-        for m in self.modules():
-            if isinstance(m, ReparamLargeKernelConv):
-                m.fuse()
-        return self
+        return fuse(self)
 
     @property
     def is_fused(self) -> bool:
