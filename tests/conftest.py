@@ -26,6 +26,11 @@ def perturb(model: torch.nn.Module, std: float = 0.02, seed: int = 0) -> torch.n
     return model
 
 
+def perturbed(model: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:
+    """``perturb`` with a larger default noise, in eval mode (the deployment tests' habit)."""
+    return perturb(model, std=std, seed=seed).eval()
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

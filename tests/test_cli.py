@@ -19,7 +19,7 @@ import pytest
 import safetensors.torch
 import torch
 
-import conftest
+from conftest import perturbed as perturb
 
 import hyresr_arch as H
 from hyresr_arch.cli import main as cli
@@ -28,9 +28,6 @@ from hyresr_arch.tools import common, upscale
 torch.set_num_threads(1)
 
 
-def perturb(model: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:
-    """Off-init weights (zero-init residual scales hide bugs), in eval mode."""
-    return conftest.perturb(model, std=std, seed=seed).eval()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-import conftest
+from conftest import perturbed as perturb
 
 import hyresr_arch as H
 from hyresr_arch.tools import export_onnx
@@ -24,9 +24,6 @@ torch.set_num_threads(1)
 SIZES = [(1, 24, 20), (1, 17, 33), (2, 8, 8), (1, 40, 48)]
 
 
-def perturb(model: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:
-    """Off-init weights (zero-init residual scales hide bugs), in eval mode."""
-    return conftest.perturb(model, std=std, seed=seed).eval()
 
 
 def _session(path) -> ort.InferenceSession:

@@ -13,7 +13,7 @@ import pytest
 import safetensors.torch
 import torch
 
-import conftest
+from conftest import perturbed as perturb
 from spandrel import MAIN_REGISTRY, ImageModelDescriptor, ModelLoader, SizeRequirements
 
 import hyresr_arch as H
@@ -26,9 +26,6 @@ def _registered():
     H.register_spandrel()
 
 
-def perturb(model: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:
-    """Off-init weights (zero-init residual scales hide bugs), in eval mode."""
-    return conftest.perturb(model, std=std, seed=seed).eval()
 
 
 def hyresr_arch_support():
