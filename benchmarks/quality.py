@@ -55,8 +55,8 @@ TASKS: dict[str, dict] = {
 # docs/BENCHMARKS.md for the measured step times it was sized from); per-task iteration counts
 # differ because the x1 models are ~50x larger per pixel. full: a GPU budget.
 PROFILES: dict[str, dict] = {
-    "quick": {"iters": {"x4": 150, "x2": 150, "x1": 60}, "patch": 24, "batch": 4, "lr": 5e-4,
-              "evals": 3, "curve_set": "Set5", "val_max_side": 0},
+    "quick": {"iters": {"x4": 300, "x2": 300, "x1": 100}, "patch": 24, "batch": 4, "lr": 5e-4,
+              "evals": 4, "curve_set": "Set5", "val_max_side": 0},
     "full": {"iters": {"x4": 20000, "x2": 20000, "x1": 20000}, "patch": 64, "batch": 16, "lr": 5e-4,
              "evals": 10, "curve_set": "Set5", "val_max_side": 0},
 }

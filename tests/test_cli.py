@@ -232,6 +232,29 @@ def test_atomic_write_leaves_no_half_written_file(tmp_path):
     assert final.read_bytes() == b"old" and _no_partials(tmp_path)
 
 
+@pytest.mark.parametrize("depth,dtype", [(8, np.uint8), (16, np.uint16)])
+def test_encoded_pixels_are_the_rounded_clipped_floats(tmp_path, depth, dtype):
+    # block-wise quantisation (600 rows > one 256-row block, a BGR view, an alpha plane, values
+    # outside [0, 1]) against the plain whole-array formula, through a real PNG round trip
+    rng = np.random.default_rng(0)
+    color = rng.uniform(-0.2, 1.2, (600, 7, 3)).astype(np.float32)
+    alpha = rng.uniform(0, 1, (600, 7)).astype(np.float32)
+    peak = 2**depth - 1
+    path = tmp_path / "q.png"
+    common.write_image(path, common.Image(color, alpha, depth))
+    got = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    expect = np.floor(np.clip(np.dstack([color[:, :, ::-1], alpha]), 0, 1) * peak + 0.5).astype(dtype)
+    assert got.dtype == dtype and np.array_equal(got, expect)
+
+
+def test_tiled_result_is_a_channels_last_view_equal_to_the_model():
+    x = torch.rand(1, 3, 40, 24)
+    runner = upscale.Runner(lambda t: torch.nn.functional.interpolate(t, scale_factor=2), 2, 3, 3, align=8)
+    out = upscale.upscale_tensor(runner, x, tile=16, overlap=8)
+    assert torch.equal(out, torch.nn.functional.interpolate(x, scale_factor=2))
+    assert common.to_array(out).flags["C_CONTIGUOUS"]  # the HWC array is a view: no full-size copy
+
+
 def test_tiled_matches_untiled_within_bound():
     """Bound: mean abs < 0.5/255 and max abs < 4/255 with the default overlap (32 px) and 32 px
     tiles, on a photo crop with a perturbed (non-identity) hyresr_light."""

@@ -441,12 +441,7 @@ def encode_image(img: Image, ext: str, quality: int = 95) -> bytes:
     planes = [color]
     if img.alpha is not None and ext not in (".jpg", ".jpeg", ".bmp"):
         planes.append(img.alpha[:, :, None])
-    arr = np.concatenate(planes, axis=2) if len(planes) > 1 else color
-    arr = np.clip(arr, 0.0, 1.0)
-    if depth == 16:
-        out = (arr * 65535.0 + 0.5).astype(np.uint16)
-    else:
-        out = (arr * 255.0 + 0.5).astype(np.uint8)
+    out = _quantize(planes, 65535.0 if depth == 16 else 255.0, np.uint16 if depth == 16 else np.uint8)
     if out.shape[2] == 1:
         out = out[:, :, 0]
     elif out.shape[2] == 2:  # grey + alpha: cv2 writes BGRA
@@ -461,6 +456,24 @@ def encode_image(img: Image, ext: str, quality: int = 95) -> bytes:
     if not ok:
         raise ImageError(f"cannot encode image as {ext}")
     return buf.tobytes()
+
+
+def _quantize(planes: list[np.ndarray], peak: float, dtype: type, rows: int = 256) -> np.ndarray:
+    """Clip float planes (H, W, c_i) to [0, 1] and round into one integer (H, W, sum c_i) array.
+
+    Works in blocks of rows, so a large result (an 8192x8192 float image is 768 MiB) is not copied
+    whole three more times on its way to 8 or 16 bits."""
+    h, w = planes[0].shape[:2]
+    out = np.empty((h, w, sum(p.shape[2] for p in planes)), dtype)
+    for r0 in range(0, h, rows):
+        c0 = 0
+        for p in planes:
+            block = np.clip(p[r0 : r0 + rows], 0.0, 1.0)
+            block *= peak
+            block += 0.5
+            out[r0 : r0 + rows, :, c0 : c0 + p.shape[2]] = block  # truncation after +0.5 = rounding
+            c0 += p.shape[2]
+    return out
 
 
 def write_image(path: str | os.PathLike[str], img: Image, quality: int = 95) -> None:

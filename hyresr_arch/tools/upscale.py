@@ -164,7 +164,8 @@ def upscale_tensor(runner: Runner, x: torch.Tensor, tile: int = 0, overlap: int 
         raise ValueError("overlap must be >= 0")
     a = max(1, runner.align)
     boxes = [(y0, x0) for y0 in _tile_starts(h, tile) for x0 in _tile_starts(w, tile)]
-    out = torch.zeros(1, runner.out_ch, h * s, w * s)
+    # stored channels-last, so the (H, W, C) array the image writer needs is a view, not a copy
+    out = torch.zeros(1, h * s, w * s, runner.out_ch).permute(0, 3, 1, 2)
     bar = None
     if progress:
         from tqdm import tqdm
