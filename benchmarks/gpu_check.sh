@@ -39,6 +39,12 @@ stamp "precision: fp16/bf16 inference vs fp32, AMP training (bf16, fp16 + GradSc
 timeout 120 $PY benchmarks/gpu_precision.py --out "$OUT" --steps 100 > "$OUT/gpu_precision.log" 2>&1
 stamp "precision rc=$?"
 
+if $PY -c "import pytest" 2>/dev/null; then
+  stamp "tests/test_cuda.py (the suite's CUDA tests)"
+  timeout 90 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py > "$OUT/test_cuda.log" 2>&1
+  stamp "test_cuda rc=$?"
+fi
+
 stamp "efficiency x4 64x64: fp32,bf16,fp16,cl_fp16,compile_fp16 (compile: fused hyresr_tiny/light/hyresr + SAFMN, SwinIR-light, RealPLKSR)"
 timeout 200 $PY benchmarks/efficiency.py --device cuda --size 64 --scale 4 --repeats 30 --warmup 5 \
   --modes fp32,bf16,fp16,cl_fp16,compile_fp16 --compile-models hyresr_tiny,hyresr_light,hyresr,SAFMN,SwinIR-light,RealPLKSR \
