@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -68,7 +69,7 @@ def amp_training(dev: str, steps: int) -> list[dict]:
                 scaler.update()
                 losses.append(loss.item())
             torch.cuda.synchronize()
-            finite = all(map(lambda v: v == v and abs(v) != float("inf"), losses))
+            finite = all(math.isfinite(v) for v in losses)
             params_finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
             rows.append(dict(model=name, dtype=str(dtype), steps=steps, first_loss=losses[0], last_loss=losses[-1],
                              losses_finite=finite, params_finite=params_finite,

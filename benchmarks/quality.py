@@ -41,19 +41,17 @@ import zoo  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*meshgrid.*")
 
+SR_MODELS = ["hyresr_tiny", "SPAN", "SAFMN", "hyresr_light", "SwinIR-light", "OmniSR"]
+SR_PAIRS = [("hyresr_tiny", "SPAN"), ("hyresr_tiny", "SAFMN"), ("hyresr_light", "SwinIR-light"), ("hyresr_light", "OmniSR")]
 TASKS: dict[str, dict] = {
-    "x4": {"scale": 4, "noise": 0.0, "models": ["hyresr_tiny", "SPAN", "SAFMN", "hyresr_light", "SwinIR-light", "OmniSR"],
-           "pairs": [("hyresr_tiny", "SPAN"), ("hyresr_tiny", "SAFMN"), ("hyresr_light", "SwinIR-light"),
-                     ("hyresr_light", "OmniSR")]},
-    "x2": {"scale": 2, "noise": 0.0, "models": ["hyresr_tiny", "SPAN", "SAFMN", "hyresr_light", "SwinIR-light", "OmniSR"],
-           "pairs": [("hyresr_tiny", "SPAN"), ("hyresr_tiny", "SAFMN"), ("hyresr_light", "SwinIR-light"),
-                     ("hyresr_light", "OmniSR")]},
+    "x4": {"scale": 4, "noise": 0.0, "models": SR_MODELS, "pairs": SR_PAIRS},
+    "x2": {"scale": 2, "noise": 0.0, "models": SR_MODELS, "pairs": SR_PAIRS},
     "x1": {"scale": 1, "noise": 25.0, "models": ["hyresr_rest", "NAFNet"], "pairs": [("hyresr_rest", "NAFNet")]},
 }
 
-# Schedules. quick: sized for 2 shared CPU cores, all 14 trainings + validation < 45 min (see
-# docs/BENCHMARKS.md for the measured step times it was sized from); per-task iteration counts
-# differ because the x1 models are ~50x larger per pixel. full: a GPU budget.
+# Schedules. quick: all 14 trainings + validation < 45 min on 2 CPU cores (measured 36.7 min on an
+# idle machine, see docs/BENCHMARKS.md); x1 gets fewer iterations because its models are ~50x
+# larger per pixel and its validation dominates. full: a GPU budget.
 PROFILES: dict[str, dict] = {
     "quick": {"iters": {"x4": 300, "x2": 300, "x1": 100}, "patch": 24, "batch": 4, "lr": 5e-4,
               "evals": 4, "curve_set": "Set5", "val_max_side": 0},
@@ -209,7 +207,11 @@ def train_one(name: str, task: str, cfg: dict, train_pairs, val_sets: dict[str, 
                 f"  ({time.time() - t0:.0f} s)")
     rows = []
     for set_name, images in val_sets.items():
-        p, s = validate(model, images, scale, args.device)
+        last = curve[-1] if curve else None
+        if last and last["iter"] == len(losses) and last["set"] == set_name:  # just evaluated, same weights
+            p, s = last["psnr_y"], last["ssim_y"]
+        else:
+            p, s = validate(model, images, scale, args.device)
         rows.append({"task": task, "scale": scale, "sigma": sigma, "model": name, "params": params,
                      "iters": len(losses), "set": set_name, "psnr_y": round(p, 4), "ssim_y": round(s, 5),
                      "train_s": round(train_time, 1), "s_per_iter": round(train_time / max(1, len(losses)), 4),

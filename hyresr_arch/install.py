@@ -52,8 +52,7 @@ def plan(host: str) -> list[tuple[Path, str]]:
                                 "pip install -e .)")
     for src in sorted(options.iterdir()):
         if src.is_file() and src.suffix in (".toml", ".yml", ".yaml"):
-            dest = mod.destination(src.name) if hasattr(mod, "destination") else f"{mod.OPTIONS_DEST}/{src.name}"
-            items.append((src, dest))
+            items.append((src, mod.destination(src.name)))
     return items
 
 
@@ -84,8 +83,8 @@ def install(host: str, root: Path, force: bool = False, out=print) -> int:
 
 
 def uninstall(host: str, root: Path, force: bool = False, out=print) -> int:
-    kept = 0
-    for src, dest in plan(host):
+    kept, items = 0, plan(host)
+    for src, dest in items:
         target = root / dest
         if not target.exists():
             continue
@@ -96,10 +95,9 @@ def uninstall(host: str, root: Path, force: bool = False, out=print) -> int:
         target.unlink()
         out(f"removed     {target}")
     # folders that only we create (the HyReSR template folders), if now empty
-    mod = _host_module(host)
-    for folder in {getattr(mod, "OPTIONS_DEST", ""), getattr(mod, "TEST_OPTIONS_DEST", "")}:
+    for folder in {Path(dest).parent for _, dest in items}:
         path = root / folder
-        if folder.endswith("HyReSR") and path.is_dir() and not any(path.iterdir()):
+        if folder.name == "HyReSR" and path.is_dir() and not any(path.iterdir()):
             path.rmdir()
             out(f"removed     {path}/")
     return 1 if kept else 0
@@ -108,7 +106,7 @@ def uninstall(host: str, root: Path, force: bool = False, out=print) -> int:
 def main(args: argparse.Namespace) -> int:
     root = Path(args.root).expanduser().resolve()
     mod = _host_module(args.host)
-    if not root.is_dir() or not mod.looks_like_root(root):
+    if not root.is_dir() or not all((root / m).is_file() for m in mod.MARKERS):
         expected = ", ".join(mod.MARKERS)
         print(f"hyresr install: {root} does not look like a {args.host} checkout (expected {expected})",
               file=sys.stderr)

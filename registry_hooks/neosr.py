@@ -7,8 +7,6 @@ the scale from the option file (``scale = ...``) through neosr's ``net_opt()``.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 HOST = "neosr"
 OPTIONS_SOURCE = "options/neosr"  # in this repository
 ARCH_DEST = "neosr/archs/hyresr_arch.py"  # in the neosr checkout
@@ -17,5 +15,6 @@ OPTIONS_DEST = "options"  # neosr keeps train_*.toml / test_*.toml flat in optio
 MARKERS = ("neosr/archs/arch_util.py", "neosr/utils/registry.py", "train.py")
 
 
-def looks_like_root(root: Path) -> bool:
-    return all((root / m).is_file() for m in MARKERS)
+def destination(option_file: str) -> str:
+    """Where one of our option files goes (neosr keeps train and test files in one folder)."""
+    return f"{OPTIONS_DEST}/{option_file}"

@@ -10,8 +10,6 @@ Option templates go where traiNNer-redux keeps its own: the user copies one from
 
 from __future__ import annotations
 
-from pathlib import Path
-
 HOST = "traiNNer"
 OPTIONS_SOURCE = "options/traiNNer"  # in this repository
 ARCH_DEST = "traiNNer/archs/hyresr_arch.py"  # in the traiNNer-redux checkout
@@ -19,10 +17,6 @@ OPTIONS_DEST = "options/_templates/train/HyReSR"
 # test templates live beside traiNNer-redux's own test templates
 TEST_OPTIONS_DEST = "options/_templates/test/HyReSR"
 MARKERS = ("traiNNer/archs/__init__.py", "traiNNer/utils/registry.py", "train.py")
-
-
-def looks_like_root(root: Path) -> bool:
-    return all((root / m).is_file() for m in MARKERS)
 
 
 def destination(option_file: str) -> str:

@@ -24,8 +24,6 @@ torch.set_num_threads(1)
 SIZES = [(1, 24, 20), (1, 17, 33), (2, 8, 8), (1, 40, 48)]
 
 
-
-
 def _session(path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 

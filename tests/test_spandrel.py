@@ -26,8 +26,6 @@ def _registered():
     H.register_spandrel()
 
 
-
-
 def hyresr_arch_support():
     support = MAIN_REGISTRY.get("HyReSR")
     assert support is not None, "register_spandrel() did not add HyReSR"
