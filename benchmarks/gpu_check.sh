@@ -4,10 +4,12 @@
 # Total wall time is capped at ~8 minutes by per-stage timeouts; CSVs are written incrementally, so a
 # stage cut by its timeout still leaves what it finished.
 #
-# The GPU host's python3 has torch + CUDA, numpy, Pillow (via scikit-image) but no spandrel / einops:
-# they travel as wheels in benchmarks/wheels_tmp (pip download spandrel==0.4.2 einops --no-deps -d
-# benchmarks/wheels_tmp) and are installed offline. spandrel's registry needs torchvision/safetensors;
-# benchmarks/zoo.py imports the arch files without the registry when those are missing.
+# The GPU host's python3 has torch + CUDA, numpy, Pillow (via scikit-image) but no spandrel / einops /
+# basicsr: they travel as wheels in benchmarks/wheels_tmp (pip download spandrel==0.4.2 einops --no-deps -d
+# benchmarks/wheels_tmp; basicsr 1.4.2 is an sdist: pip wheel basicsr==1.4.2 --no-deps
+# --no-build-isolation -w benchmarks/wheels_tmp) and are installed offline. spandrel's registry needs
+# torchvision/safetensors; benchmarks/zoo.py imports the arch files without the registry when those are
+# missing. quality.py takes its bicubic LR and metrics from basicsr (torchvision, cv2, scipy).
 # Optional: carry benchmarks/results/cache (LR images made on CPU) to skip ~1 min of bicubic downscaling.
 #
 #   run(command="bash benchmarks/gpu_check.sh", carry=["benchmarks/wheels_tmp", "benchmarks/results/data"], timeout_s=560)
@@ -20,7 +22,7 @@ mkdir -p "$OUT"
 start=$(date +%s)
 stamp() { echo "[gpu_check +$(( $(date +%s) - start ))s] $*" | tee -a "$OUT/gpu_check.log"; }
 
-for pkg in spandrel einops; do
+for pkg in spandrel einops basicsr; do
   if ! $PY -c "import $pkg" 2>/dev/null; then
     $PY -m pip install --no-index --no-deps --quiet "$WHEELS"/$pkg-*.whl >> "$OUT/gpu_check.log" 2>&1 \
       || $PY -m pip install --no-index --no-deps --quiet --target "$OUT/.pylib" "$WHEELS"/$pkg-*.whl >> "$OUT/gpu_check.log" 2>&1

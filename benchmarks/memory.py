@@ -37,18 +37,18 @@ import json, os, sys
 import torch
 torch.set_num_threads(1)
 from hyresr_arch.cli import main
-from hyresr_arch.tools import common
+from hyresr_arch.tools import images
 
 page = os.sysconf("SC_PAGE_SIZE")
 samples = []
-_write = common.write_image
+_write = images.write_image
 
 def write_and_sample(path, img, quality=95):
     _write(path, img, quality)
     with open("/proc/self/statm") as f:
         samples.append(int(f.read().split()[1]) * page)
 
-common.write_image = write_and_sample
+images.write_image = write_and_sample
 rc = main(sys.argv[2:])
 with open(sys.argv[1], "w") as f:
     json.dump({"rc": rc, "rss_bytes": samples}, f)
@@ -96,9 +96,9 @@ def _checkpoint(folder: Path, scale: int) -> Path:
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=g) * 0.02)
     path = folder / f"hyresr_tiny_x{scale}.safetensors"
-    from hyresr_arch.tools import common
+    from hyresr_arch.tools.checkpoints import hyperparameter_metadata, save_state_dict
 
-    common.save_state_dict(model.state_dict(), path, common.hyperparameter_metadata(model))
+    save_state_dict(model.state_dict(), path, hyperparameter_metadata(model))
     return path
 
 

@@ -4,8 +4,8 @@ Every model of a task gets the same data, patch size, batch, optimizer (AdamW), 
 warm-up + cosine), seed (same initialisation seed and the very same sequence of training batches)
 and number of iterations, with an L1 loss, in a small plain-PyTorch loop. Validation: PSNR / SSIM on
 the Y channel with crop_border = scale on Set5 and Set14 (and any --val folder), LR made with a
-MATLAB-compatible bicubic downscale (benchmarks/imgops.py, checked against BasicSR) and rounded to
-uint8, output clamped and rounded to uint8 - the convention of the field's tables.
+MATLAB-compatible bicubic downscale (BasicSR's imresize) and rounded to uint8, output clamped and
+rounded to uint8, metrics from basicsr.metrics - the convention of the field's tables.
 
 Tasks (pairs from issue 6):
   x4, x2  SR:      hyresr_tiny vs SPAN, SAFMN;  hyresr_light vs SwinIR-light, OmniSR

@@ -251,18 +251,14 @@ def count_params(model: nn.Module) -> int:
 
 
 def active_params(model: nn.Module) -> int:
-    """Parameters a token runs through: for every TokenMoE, drop all experts but the top-k routed ones.
-
-    Total params minus, per ``TokenMoE`` module (experts in ``module.experts``), the params of all but
-    the ``top_k`` (default 1) largest experts. Non-MoE models: equal to the total.
-    """
+    """Parameters a token runs through: for every TokenMoE, the experts' share of all but one
+    expert (top-1; HyReSR stacks its E equal experts into fc1 / fc2 / fc2_bias). Non-MoE models:
+    equal to the total."""
     total = count_params(model)
     for module in model.modules():
-        if type(module).__name__ != "TokenMoE" or not hasattr(module, "experts"):
-            continue
-        sizes = sorted((count_params(e) for e in module.experts), reverse=True)
-        keep = int(getattr(module, "top_k", getattr(module, "topk", 1)) or 1)
-        total -= sum(sizes[keep:])
+        if type(module).__name__ == "TokenMoE":
+            experts = sum(p.numel() for p in (module.fc1.weight, module.fc1.bias, module.fc2.weight, module.fc2_bias))
+            total -= experts * (module.experts - 1) // module.experts
     return total
 
 

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "upscale": ("hyresr_arch.tools.upscale", "upscale images with a .pth/.safetensors/.onnx model"),
     "info": ("hyresr_arch.tools.info", "print what a checkpoint holds"),
     "release": ("hyresr_arch.tools.release", "build a community release bundle from a checkpoint"),
+    "contrib": ("hyresr_arch.tools.contrib", "regenerate contrib/ (spandrel architecture, ComfyUI node) or install it"),
 }
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -223,6 +222,21 @@ def evaluate(model, val_dir: Path, scale: int) -> list[dict]:
     return rows
 
 
+# -- fused weights --------------------------------------------------------------------------------
+
+def fuse_and_save(model, lr_rgb, path: Path):
+    """Fuse the model in place and save its weights like every other tool does (atomically, with
+    the usual file mode and the hyperparameters as metadata); return the fused model's output on
+    ``lr_rgb`` and its largest difference from the unfused output, in grey levels."""
+    from hyresr_arch.tools.checkpoints import hyperparameter_metadata, save_state_dict
+
+    before = _run_model(model, lr_rgb)
+    model.fuse()
+    after = _run_model(model, lr_rgb)
+    save_state_dict(model.state_dict(), path, hyperparameter_metadata(model))
+    return after, int(abs(before.astype(int) - after.astype(int)).max())
+
+
 # -- main -----------------------------------------------------------------------------------------
 
 def main(args: argparse.Namespace) -> int:
@@ -281,17 +295,11 @@ def main(args: argparse.Namespace) -> int:
 
     print("[hyresr demo] 4/4 fusing, saving, upscaling a sample", flush=True)
     import cv2
-    from safetensors.torch import save_file
 
     val_lr = sorted((data_dir / "val" / "lr").glob("*.png"))[0]
     lr = cv2.imread(str(val_lr))[..., ::-1].copy()
-    before = _run_model(model, lr)
-    model.fuse()
-    after = _run_model(model, lr)
-    fuse_diff = int(abs(before.astype(int) - after.astype(int)).max())
     fused_path = out / "hyresr_tiny_x2_fused.safetensors"
-    save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(fused_path),
-              metadata={"architecture": "HyReSR", "variant": "hyresr_tiny", "scale": str(SCALE), "fused": "true"})
+    after, fuse_diff = fuse_and_save(model, lr, fused_path)
     ckpt_copy = out / "hyresr_tiny_x2.pth"
     torch.save(state, ckpt_copy)
     sample_dir = out / "sample"

@@ -42,7 +42,9 @@ __all__ = [
     "register_spandrel",
 ]
 
-FORMAT_VERSION = 1
+# Checkpoint format: 2 stacks the MoE experts into single matrices and keeps only what tensor
+# shapes cannot tell in "hyresr_meta"; format-1 checkpoints still load (converted on load).
+FORMAT_VERSION = 2
 # The U-Net halves the size twice and FreqSplit halves the bottleneck once more.
 PAD_MULTIPLE = 8
 # Finite "minus infinity" for masked logits: safe in fp16 and never NaN for fully masked rows.
@@ -146,12 +148,22 @@ class FreqSplit(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         low = self.smooth(F.avg_pool2d(x, 2))  # B, C, H/2, W/2
-        high = x - self.alpha * _upsample_to(low, x)  # B, C, H, W
+        high = _add_scaled(x, self.alpha, _upsample2(low), sign=-1)  # x - alpha * up(low); B, C, H, W
         return low, high
 
 
-def _upsample_to(x: Tensor, ref: Tensor) -> Tensor:
-    return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
+def _add_scaled(x: Tensor, scale: Tensor, y: Tensor, sign: int = 1) -> Tensor:
+    """x + sign * scale * y as one fused kernel (a learned residual scale). A traced ONNX graph gets
+    the plain form: the exporter turns addcmul's scalar into an fp32 constant, which breaks fp16 graphs."""
+    if _tracing():
+        return x + scale * y if sign > 0 else x - scale * y
+    return torch.addcmul(x, scale, y, value=sign)
+
+
+def _upsample2(x: Tensor) -> Tensor:
+    """x2 bilinear (stage sizes are even: the input is padded to a multiple of 8). A scale factor,
+    not a target size: the same result, and no size-derived float for a dynamic-shape compile."""
+    return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,9 +194,9 @@ class NAFBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.pw2(self.ca(self.gate(self.dw(self.pw1(self.norm1(x))))))
-        x = x + self.beta * y
+        x = _add_scaled(x, self.beta, y)
         y = self.ffn2(self.gate(self.ffn1(self.norm2(x))))
-        return x + self.gamma * y
+        return _add_scaled(x, self.gamma, y)
 
 
 class LowFreqPath(nn.Module):
@@ -206,56 +218,97 @@ class WindowGeometry:
 
     Windows are shifted by padding ``window // 2`` pixels at the top/left instead of rolling the
     map: the partition is the same as Swin's shifted windows, but nothing wraps around, so the
-    only mask needed marks padded pixels. The mask is built from tensor ops on the runtime size
-    (it stays correct in a dynamic-size ONNX graph) once per stage, and shared by its blocks.
+    only mask needed marks padded keys. That mask depends on the key alone, so it is never added
+    to the logits as an (nW, N, N) tensor: it is appended to each key as an extra channel, with a
+    constant 1 appended to each query, so that q'.k' = q.k + mask (``augment``; the values get
+    zero channels so that q, k and v keep one head size, which the fused SDPA kernels require).
+    The attention bias then stays a (heads, N, N) table that SDPA broadcasts over every window.
+    The mask is built from tensor ops on the runtime size (correct in a dynamic-size ONNX graph)
+    once per stage and shared by its blocks; a geometry without padding needs none (except in a
+    traced graph, which must stay correct for sizes that need it).
     """
 
-    def __init__(self, x: Tensor, window: int, kv_window: int, shift: bool) -> None:
+    def __init__(self, x: Tensor, window: int, kv_window: int, shift: bool, head_dim: int) -> None:
         h, w = x.shape[-2:]
         self.window, self.kv_window = window, kv_window
         self.h, self.w = h, w
         s = window // 2 if shift else 0
         self.pads = (s, (-(w + s)) % window, s, (-(h + s)) % window)  # left, right, top, bottom
-        valid = F.pad(x.new_ones(1, 1, h, w), self.pads)  # 1, 1, Hp, Wp
-        self.hp, self.wp = valid.shape[-2:]
-        valid = partition_kv(valid.permute(0, 2, 3, 1), window, kv_window)  # 1, nW, Nk, 1
-        self.mask = ((1.0 - valid) * MASK_VALUE).permute(0, 1, 3, 2).unsqueeze(2)  # 1, nW, 1, 1, Nk
+        self.hp, self.wp = h + self.pads[2] + self.pads[3], w + self.pads[0] + self.pads[1]
+        self.padded = any(p != 0 for p in self.pads) or _tracing()
+        self.key_mask: Tensor | None = None
+        if self.padded or kv_window > window:
+            # extra channels: enough to keep head sizes multiples of 8; the query's are (1, 0, ..., 0),
+            # so only the key's first extra channel counts: 0 for a real pixel, MASK_VALUE for padding
+            extra = 8 - head_dim % 8
+            invalid = F.pad(x.new_zeros(1, h, w, extra), (0, 0, *self.pads), value=MASK_VALUE)  # 1, Hp, Wp, extra
+            self.key_mask = partition_kv(invalid, window, kv_window, pad_value=MASK_VALUE)[0]  # nW, 1, Nk, extra
+            self.query_one = F.pad(x.new_ones(1), (0, extra - 1))  # extra
 
-    def pad(self, x: Tensor) -> Tensor:  # B, H, W, C -> B, Hp, Wp, C
+    def pad(self, t: Tensor, b: int) -> Tensor:  # B*H*W, C -> B, Hp, Wp, C (or unchanged if no padding)
+        if not self.padded:
+            return t
         left, right, top, bottom = self.pads
-        return F.pad(x, (0, 0, left, right, top, bottom))
+        return F.pad(t.view(b, self.h, self.w, -1), (0, 0, left, right, top, bottom))
 
-    def crop(self, x: Tensor) -> Tensor:  # B, Hp, Wp, C -> B, H, W, C
+    def merge(self, x: Tensor, d: int) -> Tensor:
+        """Attention output back to tokens, keeping the first ``d`` channels of each head:
+        B*nW, heads, window*window, >=d -> B*H*W, heads*d (one permute, one copy)."""
+        _, heads, _, dx = x.shape
+        w = self.window
+        x = x.view(-1, self.hp // w, self.wp // w, heads, w, w, dx)
+        x = (x[..., :d] if dx > d else x).permute(0, 1, 4, 2, 5, 3, 6)  # B, nh, w, nw, w, heads, d
+        if not self.padded:
+            return x.reshape(-1, heads * d)
         left, _, top, _ = self.pads
-        return x[:, top : top + self.h, left : left + self.w]
+        x = x.reshape(-1, self.hp, self.wp, heads * d)[:, top : top + self.h, left : left + self.w]
+        return x.reshape(-1, heads * d)
+
+    def augment(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Fold the key mask into the dot product (q, k, v: B*nW, heads, N, d)."""
+        if self.key_mask is None:
+            return q, k, v
+        n_win, _, n_k, extra = self.key_mask.shape
+        q = torch.cat([q, self.query_one.to(q.dtype).expand(*q.shape[:-1], extra)], dim=-1)
+        k = k.view(-1, n_win, *k.shape[1:])  # B, nW, heads, Nk, d
+        k = torch.cat([k, self.key_mask.to(k.dtype).expand(*k.shape[:-1], extra)], dim=-1).flatten(0, 1)
+        return q, k, F.pad(v, (0, extra))
 
 
-def partition(x: Tensor, window: int) -> Tensor:
-    """B, Hp, Wp, C -> B, nW, window*window, C (non-overlapping windows)."""
-    b, hp, wp, c = x.shape
-    x = x.reshape(b, hp // window, window, wp // window, window, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(b, -1, window * window, c)
+def _tracing() -> bool:
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
-def merge(x: Tensor, window: int, hp: int, wp: int) -> Tensor:
-    """Inverse of ``partition``: B, nW, window*window, C -> B, Hp, Wp, C."""
-    b, _, _, c = x.shape
-    x = x.reshape(b, hp // window, wp // window, window, window, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c)
+def partition(x: Tensor, b: int, hp: int, wp: int, w: int, groups: int = 1, heads: int = 1) -> Tensor:
+    """Windows of a B, Hp, Wp, groups*C map (or its B*Hp*Wp x groups*C matrix), split into heads:
+    -> groups, B*nW, heads, w*w, C/heads (one permute, one copy)."""
+    d = x.shape[-1] // (groups * heads)
+    x = x.view(b, hp // w, w, wp // w, w, groups, heads, d)
+    x = x.permute(5, 0, 1, 3, 6, 2, 4, 7)  # groups, B, nh, nw, heads, window, window, d
+    return x.reshape(groups, -1, heads, w * w, d)
 
 
-def partition_kv(x: Tensor, window: int, kv_window: int) -> Tensor:
-    """Key/value windows: B, Hp, Wp, C -> B, nW, kv_window**2, C.
+def _unit(x: Tensor) -> Tensor:
+    """x / |x| along the last dim (F.normalize's eps, one op fewer)."""
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def partition_kv(x: Tensor, window: int, kv_window: int, groups: int = 1, heads: int = 1,
+                 pad_value: float = 0.0) -> Tensor:
+    """Key/value windows: B, Hp, Wp, groups*C -> groups, B*nW, heads, kv_window**2, C/heads.
 
     With ``kv_window > window`` each key window overlaps its neighbours (HAT's overlapping
-    cross-attention) and is centred on its query window; outside the map it reads zeros, which
-    the stage mask hides.
+    cross-attention) and is centred on its query window; outside the map it reads ``pad_value``
+    (zeros for features, which the stage's key mask hides).
     """
-    if kv_window == window:
-        return partition(x, window)
     b, hp, wp, c = x.shape
-    cols = F.unfold(x.permute(0, 3, 1, 2), kv_window, padding=(kv_window - window) // 2, stride=window)
-    return cols.reshape(b, c, kv_window * kv_window, -1).permute(0, 3, 2, 1)
+    if kv_window == window:
+        return partition(x, b, hp, wp, window, groups, heads)
+    margin = (kv_window - window) // 2
+    x = F.pad(x.permute(0, 3, 1, 2), (margin,) * 4, value=pad_value)
+    cols = F.unfold(x, kv_window, stride=window)
+    cols = cols.view(b, groups, heads, c // (groups * heads), kv_window * kv_window, -1)
+    return cols.permute(1, 0, 5, 2, 4, 3).flatten(1, 2)  # groups, B*nW, heads, Nk, d
 
 
 def relative_position_index(window: int, kv_window: int) -> Tensor:
@@ -269,11 +322,11 @@ def relative_position_index(window: int, kv_window: int) -> Tensor:
 
 
 class WindowAttention(nn.Module):
-    """Window multi-head self-attention with relative position bias.
+    """Window multi-head self-attention with relative position bias, on a token matrix.
 
     Cosine attention with a clamped learnable temperature (Swin v2) keeps logits bounded, and
     scaled_dot_product_attention accumulates its softmax in fp32, so fp16/bf16 inference does not
-    overflow.
+    overflow. The bias is one (heads, N, Nk) table broadcast over all windows and images.
     """
 
     def __init__(self, dim: int, heads: int, window: int, kv_window: int) -> None:
@@ -284,85 +337,118 @@ class WindowAttention(nn.Module):
         self.logit_scale = nn.Parameter(torch.full((heads, 1, 1), math.log(10.0)))
         self.rel_bias = nn.Parameter(torch.zeros(heads, (window + kv_window - 1) ** 2))
         nn.init.trunc_normal_(self.rel_bias, std=0.02)
-        self.register_buffer("rel_index", relative_position_index(window, kv_window), persistent=False)
+        # index of every (head, query, key) bias in the flattened table: one gather per call
+        index = relative_position_index(window, kv_window)
+        table = (window + kv_window - 1) ** 2
+        # (1, heads, N, Nk): the 4-D shape CPU SDPA's fused kernel takes
+        self.register_buffer("bias_index", torch.arange(heads)[None, :, None, None] * table + index,
+                             persistent=False)
 
-    def forward(self, x: Tensor, geo: WindowGeometry) -> Tensor:  # x: B, H, W, C
-        b, _, _, c = x.shape
-        d = c // self.heads
-        qkv = geo.pad(self.qkv(x))  # B, Hp, Wp, 3C
-        q, k, v = qkv.chunk(3, dim=-1)
-        q = partition(q, self.window)  # B, nW, Nq, C
-        k = partition_kv(k, self.window, self.kv_window)  # B, nW, Nk, C
-        v = partition_kv(v, self.window, self.kv_window)
-        q, k, v = (t.reshape(b, t.shape[1], t.shape[2], self.heads, d).transpose(2, 3) for t in (q, k, v))
-        n_win = q.shape[1]
-        # cosine similarity x clamped temperature: logits stay within +-100 in any precision;
-        # SDPA's kernels accumulate the softmax in fp32
+    def forward(self, t: Tensor, b: int, geo: WindowGeometry) -> Tensor:  # t: B*H*W, C
+        c = t.shape[-1]
+        qkv = geo.pad(self.qkv(t), b)  # B, Hp, Wp, 3C (a B*H*W x 3C matrix when nothing is padded)
+        # cosine similarity x clamped temperature: logits stay within +-100 in any precision
         # (norms in fp32: the zero vectors of padded pixels give 0/eps, and eps underflows in fp16)
+        if self.kv_window == self.window:
+            qkv = partition(qkv, b, geo.hp, geo.wp, self.window, 3, self.heads)  # 3, B*nW, heads, N, d
+            q, k = _unit(qkv[:2].float()).unbind(0)
+            v = qkv[2]
+        else:  # overlapping key windows: keys and values come from larger windows
+            qkv = qkv.view(b, geo.hp, geo.wp, 3 * c)
+            q = _unit(partition(qkv[..., :c], b, geo.hp, geo.wp, self.window, 1, self.heads)[0].float())
+            k, v = partition_kv(qkv[..., c:], self.window, self.kv_window, 2, self.heads).unbind(0)
+            k = _unit(k.float())
         scale = self.logit_scale.float().clamp(max=math.log(100.0)).exp()  # heads, 1, 1
-        q = (F.normalize(q.float(), dim=-1) * scale).to(v.dtype)
-        k = F.normalize(k.float(), dim=-1).to(v.dtype)
-        bias = (self.rel_bias.float()[:, self.rel_index] + geo.mask).to(v.dtype)  # 1, nW, heads, Nq, Nk
-        bias = bias.expand(b, -1, -1, -1, -1).reshape(b * n_win, *bias.shape[2:])
-        out = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), attn_mask=bias,
-                                             scale=1.0)  # B*nW, heads, Nq, d
-        out = out.reshape(b, n_win, self.heads, -1, d).transpose(2, 3).reshape(b, n_win, -1, c)
-        out = geo.crop(merge(out, self.window, geo.hp, geo.wp))  # B, H, W, C
+        q, k, v = geo.augment((q * scale).to(v.dtype), k.to(v.dtype), v)
+        # a (1, heads, N, Nk) bias: broadcast over windows and images, never copied per window
+        bias = self.rel_bias.take(self.bias_index).to(v.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)  # B*nW, heads, N, d
+        out = geo.merge(out, c // self.heads)  # B*H*W, C
         return self.proj(out)
 
 
 class TokenMoE(nn.Module):
-    """Token-wise top-1 mixture of small gated-FFN experts.
+    """Token-wise top-1 mixture of small gated-FFN (GEGLU) experts, on a token matrix.
 
-    - Sparse dispatch: each token runs through exactly one expert; no capacity limit, so a
-      token's output never depends on the rest of the batch.
-    - The router is trained through the chosen expert's gate probability (output = p * expert).
+    - Top-1: each token's output is its chosen expert's output times the router's probability for
+      that expert (the router is trained through this gate). No capacity limit, so a token's
+      output never depends on the rest of the batch.
+    - Computed without host synchronisation (no ``nonzero``, no per-expert token counts on the
+      CPU): the experts' first layers are one matrix (E*2H x C), the hidden units of the experts a
+      token did not choose are zeroed by its one-hot gate, and the second layers are one matrix
+      (C x E*H). For 2-4 small experts this dense form is faster than gathering tokens per expert
+      on CPU and far fewer kernels on a GPU (docs/BENCHMARKS.md); the output is the same as a
+      sparse dispatch, and the unchosen experts get zero gradients, so DDP needs no
+      ``find_unused_parameters``.
     - Balancing needs nothing from the host's loop (no host has a hook for an auxiliary loss):
-      a per-expert ``route_bias`` is added to the router logits only to pick the expert, and nudged
-      under ``no_grad`` towards equal load after each training forward (loss-free balancing).
-      It is a frozen ``nn.Parameter`` rather than a buffer so that every host's EMA (BasicSR's
-      averages parameters only) averages it, and it is saved in every checkpoint; under DDP the
-      load counts are all-reduced so all ranks make the same update.
-    - Every expert runs on every forward, on an empty batch if no token chose it, so every
-      parameter is in the graph (DDP works without ``find_unused_parameters``).
+      a per-expert ``route_bias`` is added to the router logits only to pick the expert. Each
+      training forward adds its per-expert token counts to ``pending``; the network applies them
+      at the end of its forward (loss-free balancing, ``HyReSR._balance_experts``), with one
+      all-reduce for all layers under DDP. ``route_bias`` is a frozen ``nn.Parameter``
+      so that every host's EMA (BasicSR's averages parameters only) averages it and every
+      checkpoint saves it.
     """
 
     balance_rate = 0.05  # bias step (in logits) per training forward
+    record_loads = False  # count tokens per expert in eval forwards too (HyReSR.moe_loads)
 
     def __init__(self, dim: int, experts: int, hidden: int) -> None:
         super().__init__()
+        self.experts, self.hidden = experts, hidden
         self.router = nn.Linear(dim, experts)
-        self.experts = nn.ModuleList(GatedFFN(dim, hidden) for _ in range(experts))
+        self.fc1 = nn.Linear(dim, experts * hidden * 2)  # expert e: rows [2He, 2He + H) gate, [.., 2H(e+1)) value
+        self.fc2 = nn.Linear(experts * hidden, dim, bias=False)  # expert e: columns [He, H(e+1))
+        self.fc2_bias = nn.Parameter(torch.zeros(experts, dim))
+        for e in range(experts):  # each expert initialised like its own nn.Linear pair
+            _init_linear_like(self.fc1.weight[2 * hidden * e : 2 * hidden * (e + 1)], self.fc1.bias[2 * hidden * e :
+                              2 * hidden * (e + 1)], dim)
+            _init_linear_like(self.fc2.weight[:, hidden * e : hidden * (e + 1)], self.fc2_bias[e], hidden)
         self.route_bias = nn.Parameter(torch.zeros(experts), requires_grad=False)
-        self.register_buffer("load", torch.zeros(experts), persistent=False)
+        self.register_buffer("expert_ids", torch.arange(experts), persistent=False)
+        self.register_buffer("pending", torch.zeros(experts), persistent=False)  # training counts to apply
+        self.register_buffer("counts", torch.zeros(experts), persistent=False)  # tokens per expert, last forward
 
-    def forward(self, x: Tensor) -> Tensor:  # x: B, H, W, C
-        tokens = x.reshape(-1, x.shape[-1])  # N, C
-        with torch.autocast(device_type=x.device.type, enabled=False):
+    def forward(self, t: Tensor, residual: Tensor) -> Tensor:  # t: N, C -> residual + MoE(t)
+        with torch.autocast(device_type=t.device.type, enabled=False):
             # fp32 routing even when the model was cast with .half() (chaiNNer does)
-            logits = F.linear(tokens.float(), self.router.weight.float(), self.router.bias.float())  # N, E
-        probs = logits.softmax(dim=-1)
-        choice = (logits + self.route_bias.float()).argmax(dim=-1)  # N; the bias steers selection only
-        gate = probs.gather(1, choice[:, None]).to(tokens.dtype)  # N, 1
-        if not torch.jit.is_tracing():
-            self._update_load(choice)
-        out = torch.zeros_like(tokens)
-        for e, expert in enumerate(self.experts):
-            # clone(): under torch.inference_mode() index_add with a view of nonzero's output
-            # takes a ~1000x slower path on CPU
-            idx = (choice == e).nonzero().flatten().clone()
-            y = expert(tokens.index_select(0, idx)) * gate.index_select(0, idx)
-            out = out.index_add(0, idx, y.to(out.dtype))
-        return out.reshape(x.shape)
+            logits = F.linear(t.float(), self.router.weight.float(), self.router.bias.float())  # N, E
+        chosen = ((logits + self.route_bias.float()).argmax(dim=-1, keepdim=True) == self.expert_ids)  # N, E one-hot
+        gate = (logits.softmax(dim=-1) * chosen).to(t.dtype)  # N, E: the chosen expert's probability, else 0
+        a, v = self.fc1(t).view(-1, self.experts, 2, self.hidden).unbind(2)  # N, E, H each
+        hidden = F.gelu(a) * v * gate.unsqueeze(-1)  # N, E, H: zero for unchosen experts
+        # residual + each token's expert bias, then + its expert's second layer: two matmul kernels
+        out = torch.addmm(residual, gate.to(residual.dtype), self.fc2_bias.to(residual.dtype))
+        out = torch.addmm(out, hidden.view(-1, self.experts * self.hidden).to(out.dtype),
+                          self.fc2.weight.t().to(out.dtype))  # N, C
+        if (self.training or self.record_loads) and not _tracing():
+            counts = chosen.sum(dim=0, dtype=self.counts.dtype)
+            self.counts.copy_(counts)
+            if self.training:
+                self.pending.add_(counts)
+        return out
 
-    @torch.no_grad()
-    def _update_load(self, choice: Tensor) -> None:
-        counts = torch.zeros_like(self.load).scatter_add_(0, choice, torch.ones_like(choice, dtype=self.load.dtype))
-        if self.training:
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                torch.distributed.all_reduce(counts)
-            self.route_bias.add_(self.balance_rate * torch.sign(counts.mean() - counts))
-        self.load.copy_(counts / counts.sum().clamp(min=1))
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
+        _experts_v1_to_v2(state_dict, prefix, self.experts)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+
+@torch.no_grad()
+def _init_linear_like(weight: Tensor, bias: Tensor, fan_in: int) -> None:
+    """nn.Linear's default initialisation, on a slice of a larger parameter."""
+    bound = 1 / math.sqrt(fan_in)
+    weight.uniform_(-bound, bound)  # kaiming_uniform_(a=sqrt(5)) reduces to this bound
+    bias.uniform_(-bound, bound)
+
+
+def _experts_v1_to_v2(sd: dict, prefix: str, experts: int) -> None:
+    """Format 1 kept one GatedFFN per expert (``experts.<e>.fc1/fc2``); stack them in place."""
+    old = [f"{prefix}experts.{e}." for e in range(experts)]
+    if f"{old[0]}fc1.weight" not in sd:
+        return
+    sd[f"{prefix}fc1.weight"] = torch.cat([sd.pop(f"{o}fc1.weight") for o in old])
+    sd[f"{prefix}fc1.bias"] = torch.cat([sd.pop(f"{o}fc1.bias") for o in old])
+    sd[f"{prefix}fc2.weight"] = torch.cat([sd.pop(f"{o}fc2.weight") for o in old], dim=1)
+    sd[f"{prefix}fc2_bias"] = torch.stack([sd.pop(f"{o}fc2.bias") for o in old])
 
 
 class NoiseInjection(nn.Module):
@@ -375,15 +461,17 @@ class NoiseInjection(nn.Module):
         super().__init__()
         self.strength = nn.Parameter(torch.zeros(1, 1, 1, dim))
 
-    def forward(self, x: Tensor) -> Tensor:  # x: B, H, W, C
+    def forward(self, t: Tensor, b: int) -> Tensor:  # t: B*H*W, C
         if not self.training:
-            return x
-        std = x.detach().float().std(dim=(1, 2), keepdim=True).to(x.dtype)
-        return x + self.strength * std * torch.randn_like(x)
+            return t
+        x = t.view(b, -1, t.shape[-1])  # B, H*W, C
+        std = x.detach().float().std(dim=1, keepdim=True).to(x.dtype)
+        return (x + self.strength.view(1, 1, -1) * std * torch.randn_like(x)).view_as(t)
 
 
 class HighFreqPath(nn.Module):
-    """(window attention + gated FFN) x depth, then the token MoE; all in token layout."""
+    """(window attention + gated FFN) x depth, then the token MoE; all on one B*H*W x C token matrix
+    (linear layers and norms are then single matrix kernels)."""
 
     def __init__(self, dim: int, *, heads: int, window: int, kv_window: int, depth: int, ffn_ratio: float,
                  experts: int, expert_ratio: float, noise: bool) -> None:
@@ -397,14 +485,15 @@ class HighFreqPath(nn.Module):
         self.noise = NoiseInjection(dim) if noise else None
 
     def forward(self, x: Tensor, geos: Sequence[WindowGeometry]) -> Tensor:  # x: B, C, H, W
-        h = x.permute(0, 2, 3, 1)  # B, H, W, C
-        for i, (an, attn, fn, ffn) in enumerate(zip(self.attn_norms, self.attns, self.ffn_norms, self.ffns)):
-            h = h + attn(an(h), geos[i])
-            h = h + ffn(fn(h))
-        h = h + self.moe(self.moe_norm(h))
+        b, c, h, w = x.shape
+        t = x.permute(0, 2, 3, 1).reshape(-1, c)  # B*H*W, C: one layout for the whole path
+        for an, attn, fn, ffn, geo in zip(self.attn_norms, self.attns, self.ffn_norms, self.ffns, geos):
+            t = t + attn(an(t), b, geo)
+            t = t + ffn(fn(t))
+        t = self.moe(self.moe_norm(t), residual=t)
         if self.noise is not None:
-            h = self.noise(h)
-        return h.permute(0, 3, 1, 2)
+            t = self.noise(t, b)
+        return t.view(b, h, w, c).permute(0, 3, 1, 2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -481,9 +570,9 @@ class HyReSRBlock(nn.Module):
 
     def forward(self, x: Tensor, geos: Sequence[WindowGeometry]) -> Tensor:
         low, high = self.split(x)
-        low = _upsample_to(self.low(low), x)
+        low = _upsample2(self.low(low))
         high = self.high(high, geos)
-        return x + self.scale * self.reparam(self.fusion(low, high))
+        return _add_scaled(x, self.scale, self.reparam(self.fusion(low, high)))
 
 
 class GlobalMix(nn.Module):
@@ -502,46 +591,58 @@ class GlobalMix(nn.Module):
         self.proj = nn.Conv2d(dim, dim, 1)
         self.gamma = nn.Parameter(torch.full((1, dim, 1, 1), RESIDUAL_INIT))
 
-    def _focus(self, t: Tensor) -> Tensor:
+    def _focus(self, t: Tensor) -> Tensor:  # fp32, B, 2, heads, d, N: features along dim -2
         t = F.relu(t) + 1e-6
-        norm = t.norm(dim=-1, keepdim=True)
-        t = F.normalize(t, dim=-1) ** self.focus  # normalised before the power: no overflow
-        return F.normalize(t, dim=-1) * norm
+        p = t**self.focus  # fp32: no overflow for any activation a network produces
+        # the focused map keeps each token's norm: p / |p| * |t|
+        return p * (t.norm(dim=-2, keepdim=True) / p.norm(dim=-2, keepdim=True))
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).chunk(3, dim=1)
-        local = self.dwc(v)
+        qkv = self.qkv(self.norm(x))  # B, 3C, H, W: q, k, v
+        local = self.dwc(qkv[:, 2 * c :])
         with torch.autocast(device_type=x.device.type, enabled=False):
-            q, k, vf = (t.float().reshape(b, self.heads, c // self.heads, h * w).transpose(-2, -1) for t in (q, k, v))
-            q, k = self._focus(q), self._focus(k)  # B, heads, N, d
-            kv = (k.transpose(-2, -1) @ vf) / (h * w)  # B, heads, d, d (mean over tokens)
-            denom = q @ k.mean(dim=2, keepdim=True).transpose(-2, -1)  # B, heads, N, 1
-            out = (q @ kv) / (denom + 1e-6)
-        out = out.transpose(-2, -1).reshape(b, c, h, w).to(x.dtype)
-        return x + self.gamma * self.proj(out + local)
+            # channels-first token layout (B*heads, d, N) all through: no transposed copies
+            t = qkv.float().view(b, 3, self.heads, c // self.heads, h * w)
+            q, k = (u.reshape(b * self.heads, -1, h * w) for u in self._focus(t[:, :2]).unbind(1))
+            v = t[:, 2].reshape(b * self.heads, -1, h * w)
+            kv = torch.bmm(k, v.transpose(1, 2)) / (h * w)  # B*heads, d, d (mean over tokens)
+            denom = (q * k.mean(dim=2, keepdim=True)).sum(dim=1, keepdim=True)  # B*heads, 1, N
+            out = torch.bmm(kv.transpose(1, 2), q) / (denom + 1e-6)  # B*heads, d, N
+        out = out.view(b, c, h, w).to(x.dtype)
+        return _add_scaled(x, self.gamma, self.proj(out + local))
 
 
 class Stage(nn.Module):
     """A sequence of HyReSR blocks at one resolution; shifted and plain windows alternate."""
 
-    def __init__(self, dim: int, depth: int, *, window: int, kv_window: int, high_depth: int, global_mix: bool,
-                 **block_kw) -> None:
+    def __init__(self, dim: int, depth: int, *, window: int, kv_window: int, low_depth: int, high_depth: int,
+                 ffn_ratio: float, experts: int, expert_ratio: float, kernel_size: int, noise: bool,
+                 global_mix: bool) -> None:
         super().__init__()
         self.window, self.kv_window, self.high_depth = window, kv_window, high_depth
         heads = next(h for h in range(max(1, dim // 16), 0, -1) if dim % h == 0)  # ~16 channels per head
+        self.head_dim = dim // heads
         self.blocks = nn.ModuleList(
-            HyReSRBlock(dim, heads=heads, window=window, kv_window=kv_window, high_depth=high_depth, **block_kw)
+            HyReSRBlock(dim, heads=heads, window=window, kv_window=kv_window, low_depth=low_depth,
+                        high_depth=high_depth, ffn_ratio=ffn_ratio, experts=experts, expert_ratio=expert_ratio,
+                        kernel_size=kernel_size, noise=noise)
             for _ in range(depth))
         self.global_mix = GlobalMix(dim, heads) if global_mix else None
 
-    def forward(self, x: Tensor) -> Tensor:
-        # window geometry (pads + padding masks) built once per stage, shared by all blocks
-        geos = [WindowGeometry(x, self.window, self.kv_window, shift) for shift in (False, True)]
-        layer = 0
-        for block in self.blocks:
-            x = block(x, [geos[(layer + i) % 2] for i in range(self.high_depth)])
-            layer += self.high_depth
+    def _shifts(self) -> list[bool]:  # one per attention layer, alternating
+        return [i % 2 == 1 for i in range(len(self.blocks) * self.high_depth)]
+
+    def geometries(self, x: Tensor) -> dict[bool, WindowGeometry]:
+        """Window geometry (pads + key masks) for each shift this stage uses; shared by all its
+        blocks, and by the decoder stage of the same resolution."""
+        return {s: WindowGeometry(x, self.window, self.kv_window, s, self.head_dim) for s in set(self._shifts())}
+
+    def forward(self, x: Tensor, geos: dict[bool, WindowGeometry] | None = None) -> Tensor:
+        geos = self.geometries(x) if geos is None else geos
+        shifts = self._shifts()
+        for i, block in enumerate(self.blocks):
+            x = block(x, [geos[s] for s in shifts[i * self.high_depth : (i + 1) * self.high_depth]])
         if self.global_mix is not None:
             x = self.global_mix(x)
         return x
@@ -684,10 +785,11 @@ class HyReSR(nn.Module):
         self.in_ch, self.out_ch, self.scale = in_ch, out_ch, scale
         kv_window = window + round(window * overlap)
         # What tensor shapes cannot tell, as integers (ratios in thousandths), saved in the state
-        # dict as "hyresr_meta" and read back by build_from_state_dict. A plain attribute, not a
-        # buffer: .half(), EMA buffer averaging (AveragedModel(use_buffers=True)) must not touch it.
-        self._meta = torch.tensor(
-            [FORMAT_VERSION, scale, in_ch, out_ch, window, _milli(overlap), _milli(ffn_ratio), _milli(expert_ratio)])
+        # dict as "hyresr_meta" and read back by build_from_state_dict (out_ch: the PixelShuffle
+        # head's out_ch * scale**2 channels are ambiguous, e.g. 16 = 1 x 4**2 = 4 x 2**2). A plain
+        # attribute, not a buffer: .half() and EMA buffer averaging must not touch it.
+        self._meta = torch.tensor([FORMAT_VERSION, out_ch, window, _milli(overlap), _milli(ffn_ratio),
+                                   _milli(expert_ratio)])
 
         block_kw = dict(window=window, kv_window=kv_window, low_depth=low_depth, high_depth=high_depth,
                         ffn_ratio=ffn_ratio, experts=experts, expert_ratio=expert_ratio, kernel_size=kernel_size,
@@ -714,13 +816,18 @@ class HyReSR(nn.Module):
         _check_input(x, self.in_ch)
         h, w = x.shape[-2:]
         feat = self.stem(_pad_to_multiple(x, PAD_MULTIPLE))  # B, d1, Hp, Wp
-        e1 = self.encoder1(feat)
-        e2 = self.encoder2(self.down1(e1))  # B, d2, Hp/2, Wp/2
+        geo1 = self.encoder1.geometries(feat)  # shared by the encoder and decoder stage of a resolution
+        e1 = self.encoder1(feat, geo1)
+        e2 = self.down1(e1)  # B, d2, Hp/2, Wp/2
+        geo2 = self.encoder2.geometries(e2)
+        e2 = self.encoder2(e2, geo2)
         m = self.bottleneck(self.down2(e2))  # B, d3, Hp/4, Wp/4
-        d2 = self.decoder2(self.skip2(self.up2(m), e2))
-        d1 = self.decoder1(self.skip1(self.up1(d2), e1))
+        d2 = self.decoder2(self.skip2(self.up2(m), e2), geo2)
+        d1 = self.decoder1(self.skip1(self.up1(d2), e1), geo1)
         head = self.head_dysample if hasattr(self, "head_dysample") else self.head
         out = head(d1 + feat)[..., : h * self.scale, : w * self.scale]
+        if self.training:
+            self._balance_experts()
         return out + _global_residual(x, self.scale, self.out_ch)
 
     # -- the "hyresr_meta" entry of the state dict -----------------------------------------
@@ -739,13 +846,33 @@ class HyReSR(nn.Module):
         if key not in state_dict:
             if strict:
                 missing_keys.append(key)
-        elif not torch.equal(state_dict[key].cpu().long(), self._meta):
-            error_msgs.append(f"hyresr_meta {state_dict[key].tolist()} describes another network than this one "
-                              f"({self._meta.tolist()})")
+        elif strict:  # a non-strict load (a warm start from another scale or variant) loads what fits
+            theirs = _current_meta(state_dict[key])
+            if theirs != self._meta.tolist():
+                error_msgs.append(f"hyresr_meta {state_dict[key].tolist()} describes another network than this "
+                                  f"one ({_describe_meta(theirs)} vs {_describe_meta(self._meta.tolist())})")
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
         if key in unexpected_keys:
             unexpected_keys.remove(key)
+
+    # -- MoE balancing, once per training forward -----------------------------------------
+
+    @torch.no_grad()
+    def _balance_experts(self) -> None:
+        """After a training forward, apply the token counts its MoE layers gathered: each routing
+        bias steps down for an overloaded expert and up for an underloaded one (a layer that saw
+        no tokens stays). A layer's bias only steers its own routing, so one update at the end of
+        the forward equals updating each layer right after it routed. Under DDP the counts of all
+        layers are summed over ranks in one all-reduce, so every rank makes the same update."""
+        moes = [m for m in self.modules() if isinstance(m, TokenMoE)]
+        pending = torch.stack([m.pending for m in moes])  # layers, E
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(pending)
+        rates = pending.new_tensor([m.balance_rate for m in moes]).unsqueeze(1)
+        step = rates * torch.sign(pending.mean(dim=1, keepdim=True) - pending)
+        torch._foreach_add_([m.route_bias for m in moes], list(step.unbind(0)))
+        torch._foreach_zero_([m.pending for m in moes])
 
     # -- deployment helpers --------------------------------------------------------------
 
@@ -758,8 +885,16 @@ class HyReSR(nn.Module):
         return all(m.fused is not None for m in self.modules() if isinstance(m, ReparamLargeKernelConv))
 
     def moe_loads(self) -> list[Tensor]:
-        """Per-expert share of tokens in the last forward, one tensor per MoE layer."""
-        return [m.load.clone() for m in self.modules() if isinstance(m, TokenMoE)]
+        """Per-expert share of tokens in the last training forward (or eval forward, after
+        ``record_moe_loads()``), one tensor per MoE layer."""
+        return [m.counts / m.counts.sum().clamp(min=1) for m in self.modules() if isinstance(m, TokenMoE)]
+
+    def record_moe_loads(self, on: bool = True) -> "HyReSR":
+        """Count tokens per expert in eval forwards too (two small ops per MoE layer; off by default)."""
+        for m in self.modules():
+            if isinstance(m, TokenMoE):
+                m.record_loads = on
+        return self
 
     @property
     def variant(self) -> str:
@@ -774,6 +909,22 @@ class HyReSR(nn.Module):
 
 def _milli(x: float) -> int:
     return round(x * 1000)
+
+
+def _current_meta(meta: Tensor) -> list[int]:
+    """A "hyresr_meta" of any known format as this format's list (format 1 also held the scale
+    and input channels, which tensor shapes tell)."""
+    meta = [int(v) for v in meta.tolist()]
+    if meta and meta[0] == 1 and len(meta) >= 8:
+        return [FORMAT_VERSION, meta[3], *meta[4:8]]
+    return meta
+
+
+def _describe_meta(meta: list[int]) -> str:
+    if len(meta) != 6:
+        return f"format {meta[0] if meta else '?'}"
+    names = ("format", "out_ch", "window", "overlap/1000", "ffn_ratio/1000", "expert_ratio/1000")
+    return ", ".join(f"{n} {v}" for n, v in zip(names, meta))
 
 
 def _check_config(*, in_ch, out_ch, scale, dims, depths, window, overlap, experts, kernel_size, upsampler,
@@ -834,60 +985,86 @@ def fuse(model: nn.Module) -> nn.Module:
 # Variants: one constructor, a few numbers each
 # --------------------------------------------------------------------------------------------
 
-VARIANTS: dict[str, dict] = {
-    # <= 300K params at x4: no GlobalMix, 2 experts, small windows
-    "hyresr_tiny": dict(dims=(24, 32, 48), depths=(1, 1, 2), window=4, experts=2, expert_ratio=1.0,
-                        ffn_ratio=1.0, global_mix=False, kernel_size=7),
-    # <= 900K params at x4; one block per full-resolution stage (most of its time was spent there)
-    "hyresr_light": dict(dims=(32, 48, 64), depths=(1, 2, 3), window=8, experts=3, expert_ratio=1.0,
-                         ffn_ratio=1.5, global_mix=True, kernel_size=9),
-    # the draft's default
-    "hyresr": dict(dims=(48, 96, 192), depths=(4, 6, 8), window=8, experts=4, expert_ratio=1.0,
-                   ffn_ratio=2.0, global_mix=True, kernel_size=13),
-    # SR-heavy: overlapping key windows, two attention layers per high path
-    "hyresr_sr": dict(dims=(48, 96, 192), depths=(4, 6, 8), window=8, overlap=0.5, experts=4, expert_ratio=1.0,
-                      ffn_ratio=2.0, high_depth=2, global_mix=True, kernel_size=13),
-    # restoration-heavy: deeper low path, fewer/smaller experts
-    "hyresr_rest": dict(dims=(48, 96, 192), depths=(4, 6, 8), window=8, experts=2, expert_ratio=0.5,
-                        ffn_ratio=2.0, low_depth=2, global_mix=True, kernel_size=13),
-}
+# Each builder is one variant: its numbers are the defaults of its signature, which hosts and users
+# can read (help(), inspect.signature, traiNNer-redux's option docs). Every builder works with only
+# ``scale=``; any other argument overrides the variant's value. ``upscale`` is BasicSR's name for
+# ``scale`` (traiNNer-redux always passes ``scale``).
+
+
+def hyresr_tiny(
+    scale: int = 4, *, upscale: int | None = None, in_ch: int = 3, out_ch: int = 3,
+    upsampler: Upsampler = "pixelshuffle", noise: bool = False,
+    dims: tuple[int, int, int] = (24, 32, 48), depths: tuple[int, int, int] = (1, 1, 2), window: int = 4,
+    overlap: float = 0.0, experts: int = 2, expert_ratio: float = 1.0, ffn_ratio: float = 1.0, low_depth: int = 1,
+    high_depth: int = 1, global_mix: bool = False, kernel_size: int = 7,
+) -> HyReSR:
+    """<= 300K params at x4: no GlobalMix, 2 experts, small windows."""
+    return _build(**locals())
+
+
+def hyresr_light(
+    scale: int = 4, *, upscale: int | None = None, in_ch: int = 3, out_ch: int = 3,
+    upsampler: Upsampler = "pixelshuffle", noise: bool = False,
+    dims: tuple[int, int, int] = (32, 48, 64), depths: tuple[int, int, int] = (1, 2, 3), window: int = 8,
+    overlap: float = 0.0, experts: int = 3, expert_ratio: float = 1.0, ffn_ratio: float = 1.5, low_depth: int = 1,
+    high_depth: int = 1, global_mix: bool = True, kernel_size: int = 9,
+) -> HyReSR:
+    """<= 900K params at x4; one block per full-resolution stage (most of its time was spent there)."""
+    return _build(**locals())
+
+
+def hyresr(
+    scale: int = 4, *, upscale: int | None = None, in_ch: int = 3, out_ch: int = 3,
+    upsampler: Upsampler = "pixelshuffle", noise: bool = False,
+    dims: tuple[int, int, int] = (48, 96, 192), depths: tuple[int, int, int] = (4, 6, 8), window: int = 8,
+    overlap: float = 0.0, experts: int = 4, expert_ratio: float = 1.0, ffn_ratio: float = 2.0, low_depth: int = 1,
+    high_depth: int = 1, global_mix: bool = True, kernel_size: int = 13,
+) -> HyReSR:
+    """The draft's default."""
+    return _build(**locals())
+
+
+def hyresr_sr(
+    scale: int = 4, *, upscale: int | None = None, in_ch: int = 3, out_ch: int = 3,
+    upsampler: Upsampler = "pixelshuffle", noise: bool = False,
+    dims: tuple[int, int, int] = (48, 96, 192), depths: tuple[int, int, int] = (4, 6, 8), window: int = 8,
+    overlap: float = 0.5, experts: int = 4, expert_ratio: float = 1.0, ffn_ratio: float = 2.0, low_depth: int = 1,
+    high_depth: int = 2, global_mix: bool = True, kernel_size: int = 13,
+) -> HyReSR:
+    """SR-heavy: overlapping key windows, two attention layers per high path."""
+    return _build(**locals())
+
+
+def hyresr_rest(
+    scale: int = 4, *, upscale: int | None = None, in_ch: int = 3, out_ch: int = 3,
+    upsampler: Upsampler = "pixelshuffle", noise: bool = False,
+    dims: tuple[int, int, int] = (48, 96, 192), depths: tuple[int, int, int] = (4, 6, 8), window: int = 8,
+    overlap: float = 0.0, experts: int = 2, expert_ratio: float = 0.5, ffn_ratio: float = 2.0, low_depth: int = 2,
+    high_depth: int = 1, global_mix: bool = True, kernel_size: int = 13,
+) -> HyReSR:
+    """Restoration-heavy: deeper low path, fewer and smaller experts."""
+    return _build(**locals())
+
+
+def _build(scale: int, upscale: int | None, **options) -> HyReSR:
+    return HyReSR(scale=int(upscale if upscale is not None else scale), **options)
+
+
+BUILDERS = {f.__name__: f for f in (hyresr_tiny, hyresr_light, hyresr, hyresr_sr, hyresr_rest)}
 
 _DEFAULTS = dict(HyReSR.__init__.__wrapped__.__kwdefaults__)
+_ARCH_KEYS = ("dims", "depths", "window", "overlap", "experts", "expert_ratio", "ffn_ratio", "low_depth",
+              "high_depth", "global_mix", "kernel_size")
+# what each variant sets differently from the HyReSR defaults (read from the builders' signatures)
+VARIANTS: dict[str, dict] = {
+    name: {k: v for k, v in fn.__kwdefaults__.items() if k in _ARCH_KEYS and v != _DEFAULTS[k]}
+    for name, fn in BUILDERS.items()
+}
 
 
 def _arch_numbers(hp: dict) -> dict:
     """Hyperparameters that define a variant (not scale, channels, head or noise)."""
-    skip = ("in_ch", "out_ch", "scale", "upsampler", "noise")
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in hp.items() if k not in skip}
-
-
-def _build(name: str, scale: int = 4, upscale: int | None = None, **overrides) -> HyReSR:
-    # BasicSR option files pass `upscale`; traiNNer-redux always passes `scale`.
-    scale = int(upscale if upscale is not None else scale)
-    return HyReSR(**{**VARIANTS[name], **overrides, "scale": scale})
-
-
-def hyresr_tiny(scale: int = 4, **kwargs) -> HyReSR:
-    return _build("hyresr_tiny", scale, **kwargs)
-
-
-def hyresr_light(scale: int = 4, **kwargs) -> HyReSR:
-    return _build("hyresr_light", scale, **kwargs)
-
-
-def hyresr(scale: int = 4, **kwargs) -> HyReSR:
-    return _build("hyresr", scale, **kwargs)
-
-
-def hyresr_sr(scale: int = 4, **kwargs) -> HyReSR:
-    return _build("hyresr_sr", scale, **kwargs)
-
-
-def hyresr_rest(scale: int = 4, **kwargs) -> HyReSR:
-    return _build("hyresr_rest", scale, **kwargs)
-
-
-BUILDERS = {f.__name__: f for f in (hyresr_tiny, hyresr_light, hyresr, hyresr_sr, hyresr_rest)}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in hp.items() if k in _ARCH_KEYS}
 
 
 # --------------------------------------------------------------------------------------------
@@ -942,19 +1119,24 @@ def read_hyperparameters(sd: dict[str, Tensor]) -> tuple[dict, bool]:
     """Every HyReSR constructor argument, read from a state dict; and whether it is fused."""
     if "hyresr_meta" not in sd or "stem.weight" not in sd:
         raise HyReSRStateDictError("not a HyReSR state dict (no 'hyresr_meta' / 'stem.weight' keys)")
-    meta = [int(v) for v in sd["hyresr_meta"].tolist()]
-    if meta[0] > FORMAT_VERSION or len(meta) < 8:
-        raise HyReSRStateDictError(f"HyReSR checkpoint format {meta[0]} is newer than this file supports "
-                                   f"({FORMAT_VERSION}); update hyresr_arch.py")
-    _, scale, in_ch, out_ch, window, overlap_m, ffn_m, expert_m = meta[:8]
+    meta = _current_meta(sd["hyresr_meta"])
+    if not meta or meta[0] > FORMAT_VERSION or len(meta) != 6:
+        version = meta[0] if meta else "?"
+        newer = "newer than this file supports" if meta and meta[0] > FORMAT_VERSION else "not one this file reads"
+        raise HyReSRStateDictError(f"HyReSR checkpoint format {version} is {newer} (formats 1 to {FORMAT_VERSION}); "
+                                   f"update hyresr_arch.py")
+    _, out_ch, window, overlap_m, ffn_m, expert_m = meta
     try:
         b0 = "encoder1.blocks.0"
         d1 = sd["stem.weight"].shape[0]
         fused = f"{b0}.reparam.fused.weight" in sd
+        dysample = "head_dysample.to_img.weight" in sd
+        # the head's channels: out_ch * scale**2 (PixelShuffle) or 2 * scale**2 offsets (DySample)
+        head = sd["head_dysample.offset.weight"].shape[0] // 2 if dysample else sd["head.conv.weight"].shape[0] // out_ch
         hp = dict(
-            in_ch=in_ch,
+            in_ch=sd["stem.weight"].shape[1],
             out_ch=out_ch,
-            scale=scale,
+            scale=math.isqrt(head),
             dims=(d1, sd["down1.conv.weight"].shape[0] * 4, sd["down2.conv.weight"].shape[0] * 4),
             depths=tuple(_count(sd, f"{s}.blocks") for s in ("encoder1", "encoder2", "bottleneck")),
             window=window,
@@ -966,7 +1148,7 @@ def read_hyperparameters(sd: dict[str, Tensor]) -> tuple[dict, bool]:
             high_depth=_count(sd, f"{b0}.high.attns"),
             global_mix="bottleneck.global_mix.qkv.weight" in sd,
             kernel_size=sd[f"{b0}.reparam.{'fused' if fused else 'large'}.weight"].shape[-1],
-            upsampler="dysample" if "head_dysample.to_img.weight" in sd else "pixelshuffle",
+            upsampler="dysample" if dysample else "pixelshuffle",
             noise=f"{b0}.high.noise.strength" in sd,
         )
     except KeyError as err:
@@ -1012,12 +1194,20 @@ def _neosr_scale() -> int:
 
 
 def _neosr_builder(name: str):
-    def build(scale: int | None = None, upscale: int | None = None, **kwargs) -> HyReSR:
-        if scale is None and upscale is None:
-            scale = _neosr_scale()
-        return _build(name, scale or 4, upscale, **kwargs)
+    """The variant's builder, with the scale read from neosr's option file when none is given."""
+    variant = BUILDERS[name]
 
+    def build(scale: int | None = None, **options) -> HyReSR:
+        if scale is None and options.get("upscale") is None:
+            scale = _neosr_scale()
+        return variant(scale or 4, **options)
+
+    signature = inspect.signature(variant)
+    params = [p.replace(default=None, annotation="int | None") if p.name == "scale" else p
+              for p in signature.parameters.values()]
+    build.__signature__ = signature.replace(parameters=params)
     build.__name__ = build.__qualname__ = name
+    build.__doc__ = variant.__doc__
     return build
 
 
@@ -1029,12 +1219,33 @@ def _register(registry, builders: dict) -> None:
             registry.register(fn)
 
 
+class _FrozenRouteBiasLogFilter:
+    """Drops the hosts' "Params <name>.route_bias will not be optimized." warnings (BasicSR, neosr
+    and traiNNer-redux log one per frozen parameter, one per MoE layer here). route_bias is frozen
+    on purpose: the balancing rule updates it, EMA averages it, checkpoints save it. Every other
+    line, including the same warning for any other parameter, passes."""
+
+    def filter(self, record) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Params ") and message.endswith(".route_bias will not be optimized."))
+
+
+def _quiet_host_logs() -> None:
+    import logging
+
+    for host in ("basicsr", "neosr", "traiNNer"):
+        logger = logging.getLogger(host)
+        if not any(type(f).__name__ == _FrozenRouteBiasLogFilter.__name__ for f in logger.filters):  # re-imports
+            logger.addFilter(_FrozenRouteBiasLogFilter())
+
+
 def _register_with_host(module_name: str) -> None:
     """Register with the host that imported this file: neosr or traiNNer-redux when it sits in
     their archs/ folder; otherwise BasicSR, if BasicSR is already imported (import basicsr first,
     as in BasicSR-examples; ``registry_hooks.basicsr`` does)."""
     import sys
 
+    _quiet_host_logs()
     if module_name.startswith("neosr."):
         from neosr.utils.registry import ARCH_REGISTRY
 

@@ -37,8 +37,15 @@ def _host_module(host: str):
     return mod
 
 
-def _repo_root() -> Path:
-    return Path(__file__).resolve().parents[1]
+def _template_folder(host: str) -> Path:
+    """The folder of our option templates for `host`: ``options/<host>/`` in the repository (a checkout
+    or an editable install); a built wheel carries the same folder inside the package (setup.py)."""
+    source = _host_module(host).OPTIONS_SOURCE
+    package = Path(__file__).resolve().parent
+    for folder in (package / source, package.parent / source):
+        if folder.is_dir():
+            return folder
+    raise FileNotFoundError(f"option templates not found at {package / source} (a broken install of the pack?)")
 
 
 def plan(host: str) -> list[tuple[Path, str]]:
@@ -46,11 +53,7 @@ def plan(host: str) -> list[tuple[Path, str]]:
     mod = _host_module(host)
     arch = Path(__file__).resolve().parent / "hyresr_arch.py"
     items = [(arch, mod.ARCH_DEST)]
-    options = _repo_root() / mod.OPTIONS_SOURCE
-    if not options.is_dir():
-        raise FileNotFoundError(f"option templates not found at {options} (install the pack from its repository: "
-                                "pip install -e .)")
-    for src in sorted(options.iterdir()):
+    for src in sorted(_template_folder(host).iterdir()):
         if src.is_file() and src.suffix in (".toml", ".yml", ".yaml"):
             items.append((src, mod.destination(src.name)))
     return items
@@ -77,8 +80,8 @@ def install(host: str, root: Path, force: bool = False, out=print) -> int:
     if host == "neosr":
         out("next: python train.py -opt options/train_hyresr_light_x4.toml  (edit the dataset paths first)")
     else:
-        out(f"next: copy a template from {root / mod.OPTIONS_DEST} into options/train/HyReSR/, edit its dataset "
-            "paths, then python train.py --auto_resume -opt options/train/HyReSR/<file>.yml")
+        out(f"next: copy a template from {root / mod.OPTIONS_DEST} into {mod.TRAIN_OPTIONS_DEST}/, edit its "
+            f"dataset paths, then python train.py --auto_resume -opt {mod.TRAIN_OPTIONS_DEST}/<file>.yml")
     return 0
 
 

@@ -8,7 +8,7 @@ the scale from the option file (``scale = ...``) through neosr's ``net_opt()``.
 from __future__ import annotations
 
 HOST = "neosr"
-OPTIONS_SOURCE = "options/neosr"  # in this repository
+OPTIONS_SOURCE = "options/neosr"  # in this repository (a wheel: in the hyresr_arch package)
 ARCH_DEST = "neosr/archs/hyresr_arch.py"  # in the neosr checkout
 OPTIONS_DEST = "options"  # neosr keeps train_*.toml / test_*.toml flat in options/
 # files whose presence says "this is a neosr checkout"

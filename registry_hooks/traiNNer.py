@@ -11,11 +11,12 @@ Option templates go where traiNNer-redux keeps its own: the user copies one from
 from __future__ import annotations
 
 HOST = "traiNNer"
-OPTIONS_SOURCE = "options/traiNNer"  # in this repository
+OPTIONS_SOURCE = "options/traiNNer"  # in this repository (a wheel: in the hyresr_arch package)
 ARCH_DEST = "traiNNer/archs/hyresr_arch.py"  # in the traiNNer-redux checkout
 OPTIONS_DEST = "options/_templates/train/HyReSR"
 # test templates live beside traiNNer-redux's own test templates
 TEST_OPTIONS_DEST = "options/_templates/test/HyReSR"
+TRAIN_OPTIONS_DEST = "options/train/HyReSR"  # where the user copies a template to train with it
 MARKERS = ("traiNNer/archs/__init__.py", "traiNNer/utils/registry.py", "train.py")
 
 

@@ -23,7 +23,8 @@ from conftest import perturbed as perturb
 
 import hyresr_arch as H
 from hyresr_arch.cli import main as cli
-from hyresr_arch.tools import common, upscale
+from hyresr_arch.tools import checkpoints, files, runners, upscale
+from hyresr_arch.tools.images import Image, read_image, to_array, to_tensor, write_image
 
 torch.set_num_threads(1)
 
@@ -73,7 +74,7 @@ def test_fuse_writes_a_fused_safetensors_spandrel_loads(tmp_path, ckpt, tiny, ca
     assert cli(["fuse", str(ckpt), str(out)]) == 0
     text = capsys.readouterr().out
     assert "hyresr_tiny" in text and "max abs diff" in text
-    desc, _ = common.load_descriptor(out)
+    desc, _ = checkpoints.load_descriptor(out)
     assert desc.model.is_fused and "fused" in desc.tags
     x = torch.rand(1, 3, 20, 24)
     with torch.inference_mode():
@@ -154,8 +155,8 @@ def test_bad_checkpoints_get_one_clear_error_naming_the_file(tmp_path, ckpt, tin
     (tmp_path / "empty.pth").write_bytes(b"")
     cases["empty.pth"] = "empty"
     for fname, needle in cases.items():
-        with pytest.raises(common.CheckpointError) as info:
-            common.load_model(tmp_path / fname)
+        with pytest.raises(checkpoints.CheckpointError) as info:
+            checkpoints.load_model(tmp_path / fname)
         msg = str(info.value)
         assert str(tmp_path / fname) in msg and needle in msg, msg
 
@@ -199,10 +200,10 @@ def test_upscale_writes_good_images_reports_bad_one_and_fails(tmp_path, ckpt, im
 def test_upscale_output_matches_the_model(tmp_path, ckpt, tiny, images):
     out = tmp_path / "o"
     assert cli(["upscale", "-m", str(ckpt), str(images / "rgb.png"), "-o", str(out), "--quiet"]) == 0
-    img = common.read_image(images / "rgb.png")
+    img = read_image(images / "rgb.png")
     with torch.inference_mode():
-        ref = common.to_array(tiny(common.to_tensor(img.color)))
-    got = common.read_image(out / "rgb.png").color
+        ref = to_array(tiny(to_tensor(img.color)))
+    got = read_image(out / "rgb.png").color
     assert np.abs(got - ref).max() <= 1 / 255 + 1e-6
 
 
@@ -226,7 +227,7 @@ def test_atomic_write_leaves_no_half_written_file(tmp_path):
     final = tmp_path / "x.png"
     final.write_bytes(b"old")
     with pytest.raises(KeyboardInterrupt):
-        with common.atomic_path(final) as tmp:
+        with files.atomic_path(final) as tmp:
             tmp.write_bytes(b"half")
             raise KeyboardInterrupt  # an interrupted run
     assert final.read_bytes() == b"old" and _no_partials(tmp_path)
@@ -241,7 +242,7 @@ def test_encoded_pixels_are_the_rounded_clipped_floats(tmp_path, depth, dtype):
     alpha = rng.uniform(0, 1, (600, 7)).astype(np.float32)
     peak = 2**depth - 1
     path = tmp_path / "q.png"
-    common.write_image(path, common.Image(color, alpha, depth))
+    write_image(path, Image(color, alpha, depth))
     got = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     expect = np.floor(np.clip(np.dstack([color[:, :, ::-1], alpha]), 0, 1) * peak + 0.5).astype(dtype)
     assert got.dtype == dtype and np.array_equal(got, expect)
@@ -249,10 +250,10 @@ def test_encoded_pixels_are_the_rounded_clipped_floats(tmp_path, depth, dtype):
 
 def test_tiled_result_is_a_channels_last_view_equal_to_the_model():
     x = torch.rand(1, 3, 40, 24)
-    runner = upscale.Runner(lambda t: torch.nn.functional.interpolate(t, scale_factor=2), 2, 3, 3, align=8)
+    runner = runners.Runner(lambda t: torch.nn.functional.interpolate(t, scale_factor=2), 2, 3, 3, align=8)
     out = upscale.upscale_tensor(runner, x, tile=16, overlap=8)
     assert torch.equal(out, torch.nn.functional.interpolate(x, scale_factor=2))
-    assert common.to_array(out).flags["C_CONTIGUOUS"]  # the HWC array is a view: no full-size copy
+    assert to_array(out).flags["C_CONTIGUOUS"]  # the HWC array is a view: no full-size copy
 
 
 def test_tiled_matches_untiled_within_bound():
@@ -262,8 +263,8 @@ def test_tiled_matches_untiled_within_bound():
 
     model = perturb(H.hyresr_light(scale=2), seed=3)
     photo = data.astronaut()[100:164, 150:230].astype(np.float32) / 255  # 64 x 80
-    x = common.to_tensor(np.ascontiguousarray(photo))
-    runner = upscale.Runner(lambda t: model(t).clamp(0, 1), 2, 3, 3, align=4 * model.hyperparameters["window"])
+    x = to_tensor(np.ascontiguousarray(photo))
+    runner = runners.Runner(lambda t: model(t).clamp(0, 1), 2, 3, 3, align=4 * model.hyperparameters["window"])
     with torch.inference_mode():
         full = model(x).clamp(0, 1)
         tiled = upscale.upscale_tensor(runner, x, tile=32)
@@ -282,10 +283,10 @@ def test_upscale_with_onnx_model_and_tiles(tmp_path, tiny, images):
     out = tmp_path / "o"
     assert cli(["upscale", "-m", str(onnx_path), str(images / "rgb.png"), "-o", str(out),
                 "--tile", "12", "--overlap", "8", "--quiet"]) == 0
-    got = common.read_image(out / "rgb.png").color
+    got = read_image(out / "rgb.png").color
     assert got.shape == (40, 48, 3)
     # a 5x3 image is below the ONNX graph's 8 px minimum: the runner pads it
-    runner = upscale.load_runner(str(onnx_path))
+    runner = runners.load_runner(str(onnx_path))
     assert runner(torch.rand(1, 3, 5, 3)).shape == (1, 3, 10, 6)
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     assert sess.get_inputs()[0].name == "input"
@@ -306,9 +307,9 @@ def test_release_bundle_is_complete_and_verified(tmp_path, ckpt, capsys):
     assert len(card["resources"]) == 5
     for r in card["resources"]:
         f = out / r["urls"][0]
-        assert r["size"] == f.stat().st_size and r["sha256"] == common.sha256_of(f)
-    assert common.load_descriptor(out / "2x-TestModel.safetensors")[0].model.is_fused
-    assert not common.load_descriptor(out / "2x-TestModel_unfused.safetensors")[0].model.is_fused
+        assert r["size"] == f.stat().st_size and r["sha256"] == files.sha256_of(f)
+    assert checkpoints.load_descriptor(out / "2x-TestModel.safetensors")[0].model.is_fused
+    assert not checkpoints.load_descriptor(out / "2x-TestModel_unfused.safetensors")[0].model.is_fused
     for p in ("fp32", "fp16"):
         ort.InferenceSession(str(out / f"2x-TestModel_{p}.onnx"), providers=["CPUExecutionProvider"])
     comp = cv2.imread(str(out / "2x-TestModel_comparison.png"))
@@ -321,3 +322,19 @@ def test_release_refuses_a_name_with_the_wrong_scale(tmp_path, ckpt, capsys):
     assert cli(["release", str(ckpt), "--name", "4x-Wrong", "-o", str(out)]) == 2
     assert "x2" in capsys.readouterr().err
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def test_demo_saves_fused_weights_with_the_usual_file_mode(tmp_path):
+    from hyresr_arch.demo import fuse_and_save
+
+    path = tmp_path / "fused.safetensors"
+    old = os.umask(0o022)
+    try:
+        _, diff = fuse_and_save(H.hyresr_tiny(scale=2).eval(), np.zeros((16, 16, 3), np.uint8), path)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644  # not the 0o600 of a temporary or safetensors' own file
+    assert checkpoints.load_descriptor(path)[0].model.is_fused and diff <= 1 and _no_partials(tmp_path)

@@ -9,6 +9,7 @@ the real hosts described in the host-integration note.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -180,6 +181,9 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         model = DDP(hyresr_arch.hyresr_tiny(scale=2), find_unused_parameters=False)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         gen = torch.Generator().manual_seed(100 + rank)  # different data per rank
+        calls = []  # the network's own collectives (DDP's gradient buckets go through its C++ reducer)
+        all_reduce = dist.all_reduce
+        dist.all_reduce = lambda *a, **k: calls.append(1) or all_reduce(*a, **k)
         for _ in range(3):
             lq = torch.rand(2, 3, 16, 16, generator=gen)
             gt = torch.rand(2, 3, 32, 32, generator=gen)
@@ -190,7 +194,8 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         flat = torch.cat([p.detach().flatten() for p in model.module.parameters() if p.requires_grad])
         gathered = [torch.empty_like(flat) for _ in range(world)]
         dist.all_gather(gathered, flat)
-        torch.save({"gathered": gathered, "state": model.module.state_dict()}, Path(out_dir) / f"rank{rank}.pt")
+        torch.save({"gathered": gathered, "state": model.module.state_dict(), "collectives": len(calls)},
+                   Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -207,6 +212,9 @@ def test_ddp_two_ranks_gloo_end_with_identical_parameters(tmp_path):
     assert not torch.equal(g0, init), "no training happened"
     for k in r0["state"]:  # buffers too (e.g. MoE balancing state updated in the forward)
         assert torch.allclose(r0["state"][k].float(), r1["state"][k].float()), k
+    # one all-reduce of the MoE loads per training step (all 6 layers together), not one per layer
+    assert r0["collectives"] == r1["collectives"] == 3
+    assert any(v.abs().sum() > 0 for k, v in r0["state"].items() if k.endswith("route_bias"))
 
 
 def _init_tiny():
@@ -375,6 +383,58 @@ def test_install_copies_refuses_to_clobber_and_uninstalls_exactly(tmp_path, host
     force = build_parser().parse_args(["install", "--host", host, "--root", str(root), "--uninstall", "--force"])
     assert install.main(force) == 0
     assert {p for p in root.rglob("*")} == before, "uninstall left or removed something else"
+
+
+def test_install_works_from_a_built_wheel_in_a_fresh_venv(tmp_path):
+    """The arch file and option templates travel inside the wheel: no checkout needed."""
+    import sysconfig
+
+    from registry_hooks import neosr, traiNNer
+
+    src = tmp_path / "src"  # build from a copy: nothing is written into this checkout
+    for name in ("hyresr_arch", "registry_hooks", "options"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.py", "setup.cfg", "pyproject.toml", "MANIFEST.in", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
+    venv, dist = tmp_path / "venv", tmp_path / "dist"
+
+    def run(*args):
+        proc = subprocess.run([str(a) for a in args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=180)
+        assert proc.returncode == 0, f"{args}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return proc.stdout
+
+    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", dist, src)
+    run(sys.executable, "-m", "venv", "--without-pip", venv)
+    python = venv / "bin" / "python"
+    run(sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "-q", *dist.glob("hyresr-*.whl"))
+    # the venv borrows this environment's torch & co. (listed after its own site-packages, so its
+    # own hyresr is the one imported)
+    site = Path(run(python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))").strip())
+    (site / "outer.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    for mod in (traiNNer, neosr):
+        root = _checkout(tmp_path / mod.HOST, mod.HOST)
+        run(venv / "bin" / "hyresr", "install", "--host", mod.HOST, "--root", root)
+        assert (root / mod.ARCH_DEST).read_bytes() == ARCH_FILE.read_bytes()
+        templates = sorted((ROOT / mod.OPTIONS_SOURCE).iterdir())
+        assert templates and all((root / mod.destination(t.name)).read_bytes() == t.read_bytes() for t in templates)
+    used = run(python, "-c", "import hyresr_arch.install as i; print(i._template_folder('neosr'))").strip()
+    assert Path(used).is_relative_to(site / "hyresr_arch"), used
+
+
+def test_readme_templates_and_installer_agree_where_a_traiNNer_config_goes(tmp_path, capsys):
+    from hyresr_arch import install
+    from registry_hooks import traiNNer
+
+    folder = traiNNer.TRAIN_OPTIONS_DEST + "/"  # traiNNer-redux: options/train/<ARCH>/
+    readme_opts = re.findall(r"python train\.py[^\n]* -opt (\S+\.yml)", (ROOT / "README.md").read_text())
+    assert readme_opts and all(o.startswith(folder) for o in readme_opts), readme_opts
+    assert re.search(rf"cp \S+ {re.escape(folder)}", (ROOT / "README.md").read_text())
+    for template in (ROOT / traiNNer.OPTIONS_SOURCE).glob("HyReSR_*.yml"):
+        assert "test" in template.name or folder in template.read_text(), template.name
+    assert install.install("traiNNer", _checkout(tmp_path, "traiNNer")) == 0
+    assert f"-opt {folder}" in capsys.readouterr().out
 
 
 def test_install_rejects_a_folder_that_is_not_the_host(tmp_path, capsys):

@@ -11,56 +11,73 @@ from conftest import perturb
 from hyresr_arch import TokenMoE, hyresr_tiny
 
 
-def test_each_token_runs_through_exactly_one_expert():
+def _expert(moe: TokenMoE, e: int, x: torch.Tensor) -> torch.Tensor:
+    """Expert e as its own GEGLU FFN, read from its slices of the stacked weights."""
+    h = moe.hidden
+    w1, b1 = moe.fc1.weight[2 * h * e : 2 * h * (e + 1)], moe.fc1.bias[2 * h * e : 2 * h * (e + 1)]
+    a, v = (x @ w1.T + b1).chunk(2, dim=-1)
+    return (torch.nn.functional.gelu(a) * v) @ moe.fc2.weight[:, h * e : h * (e + 1)].T + moe.fc2_bias[e]
+
+
+def test_each_token_gets_its_chosen_expert_times_its_gate():
     torch.manual_seed(0)
-    moe = TokenMoE(8, 4, 8).eval()
-    calls = []
-    for e, expert in enumerate(moe.experts):
-        expert.register_forward_hook(lambda m, i, o, e=e: calls.append((e, i[0].shape[0])))
-    x = torch.randn(2, 5, 7, 8)
-    out = moe(x)
-    assert sum(n for _, n in calls) == 2 * 5 * 7  # sparse dispatch: N tokens in total, not N * E
-    # independent dense reference: every token's output = p_chosen * chosen expert(token)
-    tokens = x.reshape(-1, 8)
-    probs = moe.router(tokens).softmax(-1)
-    choice = (moe.router(tokens) + moe.route_bias).argmax(-1)
-    ref = torch.stack([probs[i, c] * moe.experts[c](tokens[i]) for i, c in enumerate(choice.tolist())])
-    assert torch.allclose(out.reshape(-1, 8), ref, atol=1e-6)
+    moe = perturb(TokenMoE(8, 4, 8)).eval()
+    with torch.no_grad():
+        moe.route_bias.copy_(torch.tensor([0.3, -0.2, 0.0, 0.1]))
+    tokens = torch.randn(70, 8)
+    residual = torch.randn(70, 8)
+    with torch.no_grad():
+        out = moe(tokens, residual=residual)
+        # independent per-token reference: p_chosen * chosen expert(token), choice steered by the bias
+        logits = moe.router(tokens)
+        choice = (logits + moe.route_bias).argmax(-1)
+        ref = torch.stack([logits[i].softmax(-1)[c] * _expert(moe, c, tokens[i])
+                           for i, c in enumerate(choice.tolist())])
+    assert len(set(choice.tolist())) > 1  # the reference exercises several experts
+    assert torch.allclose(out - residual, ref, atol=1e-5)
 
 
 def test_router_receives_gradient():
     moe = TokenMoE(8, 4, 8).train()
-    moe(torch.randn(1, 6, 6, 8)).pow(2).mean().backward()
+    t = torch.randn(36, 8)
+    moe(t, residual=torch.zeros_like(t)).pow(2).mean().backward()
     assert moe.router.weight.grad is not None and moe.router.weight.grad.abs().sum() > 0
 
 
 def test_output_of_a_token_does_not_depend_on_the_batch():
     moe = TokenMoE(8, 3, 8).eval()
-    x = torch.randn(4, 3, 3, 8)
+    t = torch.randn(36, 8)
     with torch.no_grad():
-        assert torch.allclose(moe(x)[2:3], moe(x[2:3]), atol=1e-6)
+        assert torch.allclose(moe(t, t)[20:29], moe(t[20:29], t[20:29]), atol=1e-6)
 
 
-def test_every_expert_gets_a_gradient_even_without_tokens():
+def test_every_expert_gets_a_gradient_even_without_tokens_and_unchosen_ones_get_zero():
     moe = TokenMoE(8, 4, 8).train()
     with torch.no_grad():
         moe.route_bias.copy_(torch.tensor([50.0, 0, 0, 0]))  # every token picks expert 0 (training routing)
-    moe(torch.randn(1, 4, 4, 8)).sum().backward()
-    for expert in moe.experts[1:]:
-        assert all(p.grad is not None for p in expert.parameters())
+    t = torch.randn(16, 8)
+    moe(t, residual=t).sum().backward()
+    assert all(p.grad is not None for p in moe.parameters() if p.requires_grad)  # DDP needs no unused params
+    h = moe.hidden
+    assert moe.fc1.weight.grad[: 2 * h].abs().sum() > 0 and moe.fc1.weight.grad[2 * h :].abs().sum() == 0
+    assert moe.fc2.weight.grad[:, h:].abs().sum() == 0 and moe.fc2_bias.grad[1:].abs().sum() == 0
 
 
 def test_balancing_bias_is_updated_only_in_training_and_saved():
-    moe = TokenMoE(8, 2, 8)
+    model = hyresr_tiny(scale=2, experts=2)
+    moes = [m for m in model.modules() if isinstance(m, TokenMoE)]
     with torch.no_grad():
-        moe.router.weight.zero_()
-        moe.router.bias.copy_(torch.tensor([1.0, 0.0]))  # all tokens prefer expert 0
-    moe.eval()(torch.randn(1, 4, 4, 8))
-    assert torch.equal(moe.route_bias, torch.zeros(2))
-    assert moe.load.tolist() == [1.0, 0.0]
-    moe.train()(torch.randn(1, 4, 4, 8))
-    assert moe.route_bias[0] < 0 < moe.route_bias[1]  # overloaded expert pushed down
-    assert "route_bias" in moe.state_dict() and not moe.route_bias.requires_grad
+        for m in moes:
+            m.router.weight.zero_()
+            m.router.bias.copy_(torch.tensor([1.0, 0.0]))  # all tokens prefer expert 0
+    model.eval().record_moe_loads()(torch.rand(1, 3, 16, 16))
+    assert all(torch.equal(m.route_bias, torch.zeros(2)) for m in moes)
+    assert all(load.tolist() == [1.0, 0.0] for load in model.moe_loads())
+    model.train()(torch.rand(1, 3, 16, 16))
+    assert all(m.route_bias[0] < 0 < m.route_bias[1] for m in moes)  # overloaded expert pushed down
+    assert all(m.pending.sum() == 0 for m in moes)  # applied once, at the end of the forward
+    assert "encoder1.blocks.0.high.moe.route_bias" in model.state_dict()
+    assert not moes[0].route_bias.requires_grad
 
 
 def _photos() -> list[torch.Tensor]:
@@ -104,7 +121,7 @@ def _train_and_measure_loads(balance_rate: float, steps: int = 150):
         if step >= steps - 30:
             train_loads.append(torch.stack(model.moe_loads()))
 
-    model.eval()
+    model.eval().record_moe_loads()
     loads = []
     with torch.no_grad():  # mean load over held-out crops of the same photos
         for _ in range(8):

@@ -117,8 +117,8 @@ def test_half_precision_normalisation_and_attention_survive_large_activations(mo
         m = A.WindowAttention(32, 2, 8, 8)
 
         def run(m, t):
-            tokens = t.permute(0, 2, 3, 1)
-            return m(tokens, A.WindowGeometry(t, 8, 8, shift=True))
+            tokens = t.permute(0, 2, 3, 1).reshape(-1, 32)
+            return m(tokens, 1, A.WindowGeometry(t, 8, 8, shift=True, head_dim=16))
     m = perturb(m).eval()
     with torch.no_grad():
         ref = run(m, x)

@@ -24,7 +24,7 @@ import torch
 import hyresr_arch as H
 from conftest import ROOT, perturb
 from hyresr_arch.cli import main as cli
-from hyresr_arch.tools import common
+from hyresr_arch.tools import checkpoints, images
 
 torch.set_num_threads(1)
 
@@ -84,9 +84,9 @@ def test_other_architecture_is_refused_by_fuse_and_build(tmp_path, arch, ext, ca
     assert str(path) in err and "not a HyReSR state dict" in err
     assert not out.exists() and not any(".partial" in f.name for f in tmp_path.iterdir())
     with pytest.raises(H.HyReSRStateDictError, match="not a HyReSR"):
-        H.build_from_state_dict(common.read_checkpoint(path).state_dict)
-    with pytest.raises(common.CheckpointError, match="not a HyReSR") as info:
-        common.load_model(path)
+        H.build_from_state_dict(checkpoints.read_checkpoint(path).state_dict)
+    with pytest.raises(checkpoints.CheckpointError, match="not a HyReSR") as info:
+        checkpoints.load_model(path)
     assert str(path) in str(info.value)
 
 
@@ -272,19 +272,19 @@ def test_read_only_output_folder_is_a_clear_error(tmp_path, ckpt, rgb, capsys):
 def test_writer_failing_mid_write_leaves_old_file_and_no_partial(tmp_path, monkeypatch):
     final = tmp_path / "out.png"
     final.write_bytes(b"the user's previous result")
-    img = common.Image(np.random.default_rng(0).random((8, 8, 3), dtype=np.float32), None, 8)
+    img = images.Image(np.random.default_rng(0).random((8, 8, 3), dtype=np.float32), None, 8)
 
     def crash(fd):  # data is in the temporary file, the process dies before it is renamed
         raise KeyboardInterrupt
 
     monkeypatch.setattr(os, "fsync", crash)
     with pytest.raises(KeyboardInterrupt):
-        common.write_image(final, img)
+        images.write_image(final, img)
     assert final.read_bytes() == b"the user's previous result"
     assert sorted(f.name for f in tmp_path.iterdir()) == ["out.png"]
     monkeypatch.undo()
-    common.write_image(final, img)  # the same write, uninterrupted, replaces it completely
-    assert common.read_image(final).color.shape == (8, 8, 3)
+    images.write_image(final, img)  # the same write, uninterrupted, replaces it completely
+    assert images.read_image(final).color.shape == (8, 8, 3)
 
 
 def test_checkpoint_writer_failing_mid_write_leaves_nothing(tmp_path, tiny, monkeypatch):
@@ -295,7 +295,7 @@ def test_checkpoint_writer_failing_mid_write_leaves_nothing(tmp_path, tiny, monk
         raise OSError("disk full (simulated)")
 
     with pytest.raises(OSError, match="disk full"):
-        common.save_state_dict(tiny.state_dict(), dst, verify=boom)
+        checkpoints.save_state_dict(tiny.state_dict(), dst, verify=boom)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import common
-from .common import CheckpointError
+from .checkpoints import CheckpointError, hyperparameters_of, load_model, model_summary
+from .files import atomic_path, same_file
 
 DEFAULT_OPSET = 17
 EXPORT_SIZE = (36, 44)  # traced size: not a multiple of 8 on either axis (see module docstring)
@@ -100,7 +100,7 @@ def export_model(model: torch.nn.Module, out: str | Path, *, fp16: bool = False,
     import onnx
 
     out = Path(out)
-    hp = common.hyperparameters_of(model)
+    hp = hyperparameters_of(model)
     in_ch, scale = int(model.in_ch), int(model.scale)
     if not 14 <= opset <= 20:
         raise ExportError(f"opset must be between 14 and 20, got {opset}")
@@ -123,8 +123,8 @@ def export_model(model: torch.nn.Module, out: str | Path, *, fp16: bool = False,
         sizes = list(verify_sizes)
     atol = atol if atol is not None else (FP16_ATOL if fp16 else FP32_ATOL)
 
-    summary = common.model_summary(reference)
-    with common.atomic_path(out) as tmp:
+    summary = model_summary(reference)
+    with atomic_path(out) as tmp:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -163,7 +163,7 @@ def export_model(model: torch.nn.Module, out: str | Path, *, fp16: bool = False,
 def main(args: argparse.Namespace) -> int:
     err = sys.stderr
     src, dst = Path(args.input), Path(args.output)
-    if common.same_file(src, dst):
+    if same_file(src, dst):
         print(f"hyresr export-onnx: refusing to overwrite the input {src}", file=err)
         return 2
     if dst.suffix.lower() != ".onnx":
@@ -171,11 +171,11 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         static = parse_static(args.static)
-        model, _ = common.load_model(src)
+        model, _ = load_model(src)
     except (CheckpointError, ValueError) as e:
         print(f"hyresr export-onnx: {e}", file=err)
         return 2
-    s = common.model_summary(model)
+    s = model_summary(model)
     kind = f"static {static[0]}x{static[1]}" if static else "dynamic batch/height/width"
     print(f"{src}: HyReSR {s['variant']} x{s['scale']}; exporting fused, "
           f"{'fp16' if args.fp16 else 'fp32'}, opset {args.opset}, {kind}")

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from . import common
-from .common import CheckpointError
+from .checkpoints import (CheckpointError, hyperparameter_metadata, load_descriptor, load_model, model_kind,
+                          model_summary, save_state_dict)
+from .files import same_file
 
 PROBE_SIZE = (37, 29)  # not a multiple of the window: exercises the internal padding
 
@@ -60,7 +61,7 @@ def time_forward(model: torch.nn.Module, x: torch.Tensor, repeats: int = 5) -> f
 
 def verify_loads(path: Path, reference: torch.nn.Module) -> None:
     """spandrel must load `path` to a fused HyReSR that matches `reference` on the probe."""
-    desc, _ = common.load_descriptor(path)
+    desc, _ = load_descriptor(path)
     if desc.architecture.id != "HyReSR" or not getattr(desc.model, "is_fused", False):
         raise CheckpointError(f"{path}: written file did not load back as a fused HyReSR")
     x = probe_input(desc.input_channels)
@@ -73,17 +74,17 @@ def verify_loads(path: Path, reference: torch.nn.Module) -> None:
 def main(args: argparse.Namespace) -> int:
     err = sys.stderr
     src, dst = Path(args.input), Path(args.output)
-    if common.same_file(src, dst):
+    if same_file(src, dst):
         print(f"hyresr fuse: refusing to overwrite the input {src}; give another OUT", file=err)
         return 2
     try:
-        if common.model_kind(dst) == "onnx":
+        if model_kind(dst) == "onnx":
             raise CheckpointError(f"{dst}: use `hyresr export-onnx` to write ONNX")
-        model, ckpt = common.load_model(src)
+        model, ckpt = load_model(src)
     except CheckpointError as e:
         print(f"hyresr fuse: {e}", file=err)
         return 2
-    summary = common.model_summary(model)
+    summary = model_summary(model)
     print(f"{src}: HyReSR {summary['variant']} x{summary['scale']} "
           f"({summary['input_channels']}->{summary['output_channels']} ch), {summary['params']:,} params")
     if model.is_fused:
@@ -103,8 +104,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"CPU forward 64x64 ({torch.get_num_threads()} threads): unfused {tu * 1e3:.1f} ms, "
                   f"fused {tf * 1e3:.1f} ms, speedup x{tu / tf:.2f}")
     try:
-        common.save_state_dict(fused.state_dict(), dst, common.hyperparameter_metadata(fused),
-                               verify=lambda tmp: verify_loads(tmp, fused))
+        save_state_dict(fused.state_dict(), dst, hyperparameter_metadata(fused),
+                        verify=lambda tmp: verify_loads(tmp, fused))
     except (CheckpointError, OSError) as e:
         print(f"hyresr fuse: cannot write {dst}: {e}", file=err)
         return 2

@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import common
-from .common import CheckpointError
+from .checkpoints import CheckpointError, load_descriptor, model_kind, model_summary
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -23,8 +22,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def torch_info(path: str) -> dict[str, Any]:
-    desc, ckpt = common.load_descriptor(path)
-    s = common.model_summary(desc.model)
+    desc, ckpt = load_descriptor(path)
+    s = model_summary(desc.model)
     req = desc.size_requirements
     return {
         "file": str(path),
@@ -91,7 +90,7 @@ def _numel(shape) -> int:
 
 
 def describe(path: str) -> dict[str, Any]:
-    return onnx_info(path) if common.model_kind(path) == "onnx" else torch_info(path)
+    return onnx_info(path) if model_kind(path) == "onnx" else torch_info(path)
 
 
 def main(args: argparse.Namespace) -> int:

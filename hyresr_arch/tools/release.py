@@ -31,9 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import common, export_onnx
-from .common import CheckpointError, Image
+from . import export_onnx
+from .checkpoints import (CheckpointError, hyperparameter_metadata, load_descriptor, load_model, model_summary,
+                          save_state_dict)
+from .files import atomic_write_bytes, ensure_writable_dir, sha256_of
 from .fuse import fuse_and_check, probe_input, verify_loads
+from .images import Image, match_channels, read_image, to_array, to_tensor, write_image
 
 NAME_RE = re.compile(r"^(\d+)x-[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -70,8 +73,8 @@ def sample_pair(scale: int, sample: str | None) -> tuple[np.ndarray, np.ndarray 
     import cv2
 
     if sample:
-        img = common.read_image(sample)
-        lr = common.match_channels(img.color, 3)
+        img = read_image(sample)
+        lr = match_channels(img.color, 3)
         h, w = lr.shape[:2]
         c = 96  # centre crop keeps the CPU time small
         y0, x0 = max(0, (h - c) // 2), max(0, (w - c) // 2)
@@ -92,9 +95,9 @@ def comparison_image(model: torch.nn.Module, sample: str | None = None) -> np.nd
     scale = int(model.scale)
     lr, hr = sample_pair(scale, sample)
     h, w = lr.shape[:2]
-    x = common.match_channels(lr, int(model.in_ch))
-    y = common.to_array(model(common.to_tensor(x)).clamp(0, 1))
-    y = common.match_channels(y, 3) if y.shape[2] == 1 else y[:, :, :3]
+    x = match_channels(lr, int(model.in_ch))
+    y = to_array(model(to_tensor(x)).clamp(0, 1))
+    y = match_channels(y, 3) if y.shape[2] == 1 else y[:, :, :3]
     bic = np.clip(cv2.resize(lr, (w * scale, h * scale), interpolation=cv2.INTER_CUBIC), 0, 1)
     panels = [_label(bic, f"bicubic x{scale}"), _label(y, f"HyReSR x{scale}")]
     if hr is not None:
@@ -111,7 +114,7 @@ def comparison_image(model: torch.nn.Module, sample: str | None = None) -> np.nd
 
 def model_card(name: str, model: torch.nn.Module, files: dict[str, dict], args: argparse.Namespace,
                onnx_errors: dict[str, float]) -> dict:
-    s = common.model_summary(model)
+    s = model_summary(model)
     hp = s["hyperparameters"]
     size_tags = [str(s["variant"]), f"{hp['dims'][0]}dim", f"{hp['experts']}experts"]
     if hp.get("upsampler") == "dysample":
@@ -154,7 +157,7 @@ def model_card(name: str, model: torch.nn.Module, files: dict[str, dict], args: 
 
 
 def build_bundle(ckpt_path: str, name: str, out_dir: Path, args: argparse.Namespace, log=print) -> dict:
-    model, ckpt = common.load_model(ckpt_path)
+    model, ckpt = load_model(ckpt_path)
     m = NAME_RE.match(name)
     if not m:
         raise ValueError(f"--name must look like {model.scale}x-Name (letters, digits, _ . + -), got {name!r}")
@@ -178,24 +181,24 @@ def build_bundle(ckpt_path: str, name: str, out_dir: Path, args: argparse.Namesp
 
         def add(fname: str, role: str) -> None:
             p = stage / fname
-            files[fname] = {"size": p.stat().st_size, "sha256": common.sha256_of(p), "role": role}
+            files[fname] = {"size": p.stat().st_size, "sha256": sha256_of(p), "role": role}
 
         # weights
-        meta = common.hyperparameter_metadata(fused)
-        common.save_state_dict(fused.state_dict(), stage / f"{name}.safetensors", meta,
-                               verify=lambda tmp: verify_loads(tmp, fused))
+        meta = hyperparameter_metadata(fused)
+        save_state_dict(fused.state_dict(), stage / f"{name}.safetensors", meta,
+                        verify=lambda tmp: verify_loads(tmp, fused))
         add(f"{name}.safetensors", "fused weights (inference)")
         if unfused is not None:
             def verify_unfused(tmp: Path) -> None:
-                desc, _ = common.load_descriptor(tmp)
+                desc, _ = load_descriptor(tmp)
                 x = probe_input(desc.input_channels)
                 with torch.inference_mode():
                     d = (desc.model.eval()(x) - unfused(x)).abs().max().item()
                 if desc.model.is_fused or d > 1e-6:
                     raise CheckpointError(f"{tmp}: unfused weights did not load back identically")
 
-            common.save_state_dict(unfused.state_dict(), stage / f"{name}_unfused.safetensors",
-                                   common.hyperparameter_metadata(unfused), verify=verify_unfused)
+            save_state_dict(unfused.state_dict(), stage / f"{name}_unfused.safetensors",
+                            hyperparameter_metadata(unfused), verify=verify_unfused)
             add(f"{name}_unfused.safetensors", "unfused weights (training / fine-tuning)")
 
         # ONNX (each verified by onnxruntime inside export_model)
@@ -210,21 +213,21 @@ def build_bundle(ckpt_path: str, name: str, out_dir: Path, args: argparse.Namesp
 
         # comparison picture
         comp = comparison_image(fused, args.sample)
-        common.write_image(stage / f"{name}_comparison.png", Image(comp, None, 8))
-        if common.read_image(stage / f"{name}_comparison.png").color.shape[:2] != comp.shape[:2]:
+        write_image(stage / f"{name}_comparison.png", Image(comp, None, 8))
+        if read_image(stage / f"{name}_comparison.png").color.shape[:2] != comp.shape[:2]:
             raise CheckpointError("comparison image did not decode back")
         add(f"{name}_comparison.png", "bicubic vs HyReSR comparison")
 
         # model card last: it lists every other file with size and sha256
         card = model_card(name, fused, files, args, onnx_errors)
-        common.atomic_write_bytes(stage / f"{name}.json", (json.dumps(card, indent=2) + "\n").encode())
+        atomic_write_bytes(stage / f"{name}.json", (json.dumps(card, indent=2) + "\n").encode())
         reread = json.loads((stage / f"{name}.json").read_text())
         for r in reread["resources"]:
-            if common.sha256_of(stage / r["urls"][0]) != r["sha256"]:
+            if sha256_of(stage / r["urls"][0]) != r["sha256"]:
                 raise CheckpointError(f"model card checksum mismatch for {r['urls'][0]}")
 
         # everything verified: move into place
-        common.ensure_writable_dir(out_dir)
+        ensure_writable_dir(out_dir)
         written = []
         for fname in [*files, f"{name}.json"]:
             os.replace(stage / fname, out_dir / fname)

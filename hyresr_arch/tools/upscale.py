@@ -1,9 +1,8 @@
 """``hyresr upscale -m MODEL INPUT... -o OUTDIR``: upscale images with a HyReSR model.
 
-* ``.pth`` / ``.safetensors``: read safely (weights_only / safetensors), loaded through spandrel with
-  HyReSR registered (so size requirements, fp16/bf16 support and clamping are spandrel's).
-* ``.onnx``: run with onnxruntime (fp16 files take fp16 input; inputs smaller than 8 px are
-  edge-padded to 8 px first, because the exported graph's reflect padding needs it).
+Each image goes through three steps: ``images.read_image`` (decode, split off alpha) -> the model
+(a ``runners.Runner``: ``.pth`` / ``.safetensors`` through spandrel, ``.onnx`` through onnxruntime),
+tiled when asked -> ``images.write_image`` (encode, written atomically).
 
 Tiling (``--tile N``): the image is cut into N x N cores; each core is run with ``--overlap`` pixels
 of real image context on every side (its start snapped to the network's window grid) and only the
@@ -25,18 +24,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from . import common
-from .common import CheckpointError, Image, ImageError
+from . import images
+from .checkpoints import CheckpointError
+from .files import ensure_writable_dir, same_file
+from .images import Image, ImageError, match_channels, to_array, to_tensor
+from .runners import Runner, load_runner
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
-ONNX_MIN_SIZE = 8
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -57,93 +56,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", default="model", choices=("model", "bicubic"),
                         help="how a colour model upscales alpha (default: model)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-# --------------------------------------------------------------------------- runners
-
-
-@dataclass
-class Runner:
-    """A model as a function (1, C, h, w) float32 CPU -> (1, C', h*s, w*s) float32 CPU."""
-
-    fn: Callable[[torch.Tensor], torch.Tensor]
-    scale: int
-    in_ch: int
-    out_ch: int
-    align: int = 32  # tile starts snap to this grid (window grid of the deepest stage)
-    name: str = ""
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x)
-
-
-def torch_runner(path: str, device: str = "auto", fp16: bool = False, bf16: bool = False) -> Runner:
-    desc, _ = common.load_descriptor(path, "cpu")
-    dev = common.pick_device(device)
-    dtype = torch.float16 if fp16 else torch.bfloat16 if bf16 else torch.float32
-    if fp16 and not desc.supports_half:
-        raise CheckpointError(f"{path}: this model does not support fp16")
-    if bf16 and not desc.supports_bfloat16:
-        raise CheckpointError(f"{path}: this model does not support bf16")
-    desc.to(dev).eval()
-    desc.model.to(dtype=dtype)
-    hp = getattr(desc.model, "hyperparameters", {}) or {}
-    align = 4 * int(hp.get("window", 8))
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return desc(x.to(dev, dtype)).float().cpu()
-
-    return Runner(run, desc.scale, desc.input_channels, desc.output_channels, align, "pytorch")
-
-
-def onnx_runner(path: str, device: str = "auto") -> Runner:
-    import onnxruntime as ort
-
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: no such file")
-    providers = ["CPUExecutionProvider"]
-    if device in ("auto", "cuda") or device.startswith("cuda"):
-        if "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-    try:
-        sess = ort.InferenceSession(str(p), providers=providers)
-    except Exception as err:
-        raise CheckpointError(f"{p}: cannot load ONNX model: {str(err).splitlines()[0]}") from None
-    inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
-    np_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
-    in_ch = inp.shape[1] if isinstance(inp.shape[1], int) else 3
-    meta = sess.get_modelmeta().custom_metadata_map
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        ph, pw = max(0, ONNX_MIN_SIZE - h), max(0, ONNX_MIN_SIZE - w)
-        if ph or pw:
-            x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
-        y = sess.run([out.name], {inp.name: x.numpy().astype(np_dtype)})[0]
-        y = torch.from_numpy(y.astype(np.float32)).clamp_(0, 1)
-        s = y.shape[-1] // x.shape[-1]
-        return y[..., : h * s, : w * s]
-
-    if "scale" in meta:
-        scale, out_ch = int(meta["scale"]), int(meta.get("output_channels", in_ch))
-    else:  # probe
-        probe = run(torch.zeros(1, in_ch, ONNX_MIN_SIZE, ONNX_MIN_SIZE))
-        scale, out_ch = probe.shape[-1] // ONNX_MIN_SIZE, probe.shape[1]
-    align = 4 * int(meta["window"]) if "window" in meta else 32
-    return Runner(run, scale, in_ch, out_ch, align, "onnx")
-
-
-def load_runner(path: str, device: str = "auto", fp16: bool = False, bf16: bool = False) -> Runner:
-    kind = common.model_kind(path)
-    if kind == "onnx":
-        if fp16 or bf16:
-            raise CheckpointError(
-                f"{path}: --fp16/--bf16 apply to PyTorch models; an ONNX file has its precision "
-                "built in (use the _fp16.onnx export for half precision)")
-        return onnx_runner(path, device)
-    return torch_runner(path, device, fp16, bf16)
 
 
 # --------------------------------------------------------------------------- tiling
@@ -199,20 +111,20 @@ def upscale_image(runner: Runner, img: Image, tile: int = 0, overlap: int = 32, 
     color = img.color
     alpha = img.alpha
     if runner.in_ch == 4:  # RGBA model: alpha is part of the input
-        rgba = common.match_channels(color, 3)
+        rgba = match_channels(color, 3)
         rgba = np.concatenate([rgba, (alpha if alpha is not None else np.ones(color.shape[:2], np.float32))[:, :, None]], 2)
-        y = common.to_array(upscale_tensor(runner, common.to_tensor(rgba), tile, overlap, progress, name))
-        out_color = y[:, :, :3] if runner.out_ch == 4 else common.match_channels(y, 3) if y.shape[2] == 1 else y
+        y = to_array(upscale_tensor(runner, to_tensor(rgba), tile, overlap, progress, name))
+        out_color = y[:, :, :3] if runner.out_ch == 4 else match_channels(y, 3) if y.shape[2] == 1 else y
         out_alpha = y[:, :, 3] if (runner.out_ch == 4 and alpha is not None) else None
         if out_alpha is None and alpha is not None:
             out_alpha = _upscale_alpha(runner, alpha, tile, overlap, "bicubic", progress, name)
     else:
-        x = common.match_channels(color, runner.in_ch)
-        y = common.to_array(upscale_tensor(runner, common.to_tensor(x), tile, overlap, progress, name))
+        x = match_channels(color, runner.in_ch)
+        y = to_array(upscale_tensor(runner, to_tensor(x), tile, overlap, progress, name))
         out_color = y
         out_alpha = _upscale_alpha(runner, alpha, tile, overlap, alpha_mode, progress, name) if alpha is not None else None
     if grey_in and out_color.shape[2] == 3:
-        out_color = common.match_channels(out_color, 1)
+        out_color = match_channels(out_color, 1)
     elif not grey_in and out_color.shape[2] == 1:
         out_color = np.repeat(out_color, 3, axis=2)
     if out_color.shape[2] == 4:
@@ -231,8 +143,8 @@ def _upscale_alpha(runner: Runner, alpha: np.ndarray, tile: int, overlap: int, m
         return np.full((h * s, w * s), lo, np.float32)
     if mode == "bicubic" or runner.in_ch == 4:
         return np.clip(cv2.resize(alpha, (w * s, h * s), interpolation=cv2.INTER_CUBIC), 0, 1)
-    x = common.match_channels(alpha[:, :, None], runner.in_ch if runner.in_ch != 4 else 3)
-    y = common.to_array(upscale_tensor(runner, common.to_tensor(x), tile, overlap, progress, f"{name} alpha"))
+    x = match_channels(alpha[:, :, None], runner.in_ch if runner.in_ch != 4 else 3)
+    y = to_array(upscale_tensor(runner, to_tensor(x), tile, overlap, progress, f"{name} alpha"))
     return y.mean(axis=2) if y.shape[2] > 1 else y[:, :, 0]
 
 
@@ -244,7 +156,7 @@ def collect_inputs(items: list[str]) -> list[Path]:
     for item in items:
         p = Path(item)
         if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in common.IMAGE_EXTS)
+            files += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in images.IMAGE_EXTS)
         else:
             files.append(p)
     return files
@@ -252,7 +164,7 @@ def collect_inputs(items: list[str]) -> list[Path]:
 
 def output_path(inp: Path, outdir: Path, fmt: str, suffix: str) -> Path:
     ext = inp.suffix if fmt == "same" else "." + fmt
-    if ext.lower() not in common.IMAGE_EXTS:
+    if ext.lower() not in images.IMAGE_EXTS:
         ext = ".png"
     return outdir / f"{inp.stem}{suffix}{ext}"
 
@@ -272,7 +184,7 @@ def main(args: argparse.Namespace) -> int:
     seen: dict[str, Path] = {}
     for inp, out in plan:
         for other in inputs:
-            if common.same_file(out, other):
+            if same_file(out, other):
                 print(f"hyresr upscale: refusing to write {out}: it is an input file "
                       "(choose another -o folder or a --suffix)", file=err)
                 return EXIT_USAGE
@@ -282,7 +194,7 @@ def main(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         seen[key] = inp
     try:
-        common.ensure_writable_dir(outdir)
+        ensure_writable_dir(outdir)
     except OSError as e:
         print(f"hyresr upscale: {e}", file=err)
         return EXIT_USAGE
@@ -301,9 +213,9 @@ def main(args: argparse.Namespace) -> int:
         bar = tqdm(total=len(plan), desc="images", unit="img", file=err)
     for inp, out in plan:
         try:
-            img = common.read_image(inp)
+            img = images.read_image(inp)
             result = upscale_image(runner, img, args.tile, args.overlap, args.alpha, progress, inp.name)
-            common.write_image(out, result)
+            images.write_image(out, result)
         except (ImageError, ValueError, RuntimeError, OSError, MemoryError) as e:
             msg = str(e) if str(inp) in str(e) else f"{inp}: {e}"
             failures.append(msg)
@@ -322,4 +234,4 @@ def main(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-__all__ = ["configure", "main", "load_runner", "upscale_tensor", "upscale_image", "Runner"]
+__all__ = ["configure", "main", "upscale_tensor", "upscale_image"]

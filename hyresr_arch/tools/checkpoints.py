@@ -1,52 +1,35 @@
-"""Shared plumbing for the ``hyresr`` tools: safe checkpoint reading, atomic writes, image I/O.
-
-Safety rules every tool follows through this module:
+"""Model files for the ``hyresr`` tools: safe reading, building the network, saving a state dict.
 
 * ``.pth`` / ``.pt`` / ``.ckpt`` files are read with ``torch.load(weights_only=True)``; a pickle
   that asks for anything other than tensors and plain containers is refused before any of its
   code can run. ``.safetensors`` cannot hold code at all.
 * A truncated or corrupt file, a checkpoint of another architecture, or a HyReSR state dict with
   missing keys or wrong shapes raises :class:`CheckpointError`, one message naming the file.
-* Everything written goes to a temporary name in the destination folder first and is moved into
-  place with :func:`os.replace`, so an interrupted run never leaves a half-written file under the
-  final name (and never touches an existing file until the new one is complete).
-
-Images are read and written with OpenCV: PNG, JPEG, WebP (and whatever else cv2 decodes); 8- and
-16-bit; grey, BGR and BGRA. Alpha is split off and handled by the caller (see ``upscale.py``).
+* State dicts are written atomically (see ``files.py``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
 import pickle
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
 import torch
+
+from .files import atomic_path
 
 PTH_EXTS = (".pth", ".pt", ".ckpt", ".bin")
 SAFETENSORS_EXTS = (".safetensors",)
 ONNX_EXTS = (".onnx",)
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 class CheckpointError(ValueError):
     """A model file that cannot be used; the message names the file and the problem."""
-
-
-class ImageError(ValueError):
-    """An image that cannot be read or written; the message names the file."""
-
-
-# --------------------------------------------------------------------------- checkpoints
 
 
 @dataclass
@@ -214,77 +197,6 @@ def model_summary(model: torch.nn.Module) -> dict[str, Any]:
     }
 
 
-# --------------------------------------------------------------------------- writing
-
-
-def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
-    """True when a and b name the same file (existing or not, resolving links and '..')."""
-    pa, pb = Path(a), Path(b)
-    try:
-        if pa.exists() and pb.exists():
-            return os.path.samefile(pa, pb)
-    except OSError:
-        pass
-    return os.path.normcase(os.path.realpath(pa)) == os.path.normcase(os.path.realpath(pb))
-
-
-def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
-    """Create `path` if needed and prove it is writable; otherwise raise PermissionError or
-    NotADirectoryError with a message naming the folder."""
-    d = Path(path)
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise NotADirectoryError(f"{d}: exists and is not a folder") from None
-    except OSError as err:
-        raise PermissionError(f"{d}: cannot create output folder: {err.strerror or err}") from None
-    if not d.is_dir():
-        raise NotADirectoryError(f"{d}: exists and is not a folder")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".hyresr-write-test-", dir=d)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise PermissionError(f"{d}: output folder is not writable: {err.strerror or err}") from None
-    return d
-
-
-@contextlib.contextmanager
-def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to `final` (same extension); on success move it into place.
-
-    The temporary file is removed if the block raises, so `final` is either the complete new file
-    or untouched.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".partial{final.suffix}", dir=final.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; final files get normal modes
-        yield tmp_path
-        os.replace(tmp_path, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp_path.unlink()
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(final: str | os.PathLike[str], data: bytes) -> None:
-    with atomic_path(final) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-
-
 def save_state_dict(
     state_dict: dict[str, torch.Tensor],
     path: str | os.PathLike[str],
@@ -326,17 +238,6 @@ def hyperparameter_metadata(model: torch.nn.Module) -> dict[str, str]:
     }
 
 
-def sha256_of(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-# --------------------------------------------------------------------------- spandrel / devices
-
-
 def spandrel_loader(device: str | torch.device = "cpu"):
     """A spandrel ModelLoader with HyReSR registered."""
     import spandrel
@@ -369,149 +270,3 @@ def load_descriptor(path: str | os.PathLike[str], device: str | torch.device = "
             f"{ckpt.path}: not a HyReSR checkpoint (spandrel detects a {desc.architecture.id} model)"
         )
     return desc, ckpt
-
-
-def pick_device(name: str | None) -> torch.device:
-    if name in (None, "", "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return dev
-
-
-# --------------------------------------------------------------------------- images
-
-
-@dataclass
-class Image:
-    """An image split into colour and alpha, as float arrays in [0, 1]."""
-
-    color: np.ndarray  # (H, W, C) float32 RGB (C=3) or grey (C=1)
-    alpha: np.ndarray | None  # (H, W) float32 or None
-    bit_depth: int  # 8 or 16 (what the file held; used to write the result)
-
-
-def read_image(path: str | os.PathLike[str]) -> Image:
-    """Decode an image file (unicode paths ok); ImageError naming the file if it cannot be read."""
-    import cv2
-
-    p = Path(path)
-    try:
-        data = np.fromfile(str(p), dtype=np.uint8)
-    except OSError as err:
-        raise ImageError(f"{p}: cannot read file: {err.strerror or err}") from None
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if img is None:
-        raise ImageError(f"{p}: cannot decode image (corrupt, truncated or unsupported format)")
-    if img.dtype == np.uint8:
-        arr, depth = img.astype(np.float32) / 255.0, 8
-    elif img.dtype == np.uint16:
-        arr, depth = img.astype(np.float32) / 65535.0, 16
-    elif img.dtype in (np.float32, np.float64):
-        arr, depth = np.clip(img.astype(np.float32), 0.0, 1.0), 16
-    else:
-        raise ImageError(f"{p}: unsupported pixel type {img.dtype}")
-    if arr.ndim == 2:
-        return Image(arr[:, :, None], None, depth)
-    c = arr.shape[2]
-    if c == 1:
-        return Image(arr, None, depth)
-    if c == 2:  # grey + alpha
-        return Image(arr[:, :, :1], arr[:, :, 1], depth)
-    if c == 3:
-        return Image(np.ascontiguousarray(arr[:, :, ::-1]), None, depth)
-    if c == 4:
-        return Image(np.ascontiguousarray(arr[:, :, 2::-1]), np.ascontiguousarray(arr[:, :, 3]), depth)
-    raise ImageError(f"{p}: unsupported channel count {c}")
-
-
-def encode_image(img: Image, ext: str, quality: int = 95) -> bytes:
-    """Encode to PNG/JPEG/WebP/... bytes. JPEG and WebP are 8-bit only; they drop 16-bit depth
-    (JPEG also drops alpha, which is composited over nothing: alpha is simply discarded)."""
-    import cv2
-
-    ext = ext.lower() if ext.startswith(".") else "." + ext.lower()
-    depth = img.bit_depth if ext in (".png", ".tif", ".tiff") else 8
-    color = img.color
-    if color.shape[2] == 3:
-        color = color[:, :, ::-1]
-    planes = [color]
-    if img.alpha is not None and ext not in (".jpg", ".jpeg", ".bmp"):
-        planes.append(img.alpha[:, :, None])
-    out = _quantize(planes, 65535.0 if depth == 16 else 255.0, np.uint16 if depth == 16 else np.uint8)
-    if out.shape[2] == 1:
-        out = out[:, :, 0]
-    elif out.shape[2] == 2:  # grey + alpha: cv2 writes BGRA
-        g, a = out[:, :, 0], out[:, :, 1]
-        out = np.stack([g, g, g, a], axis=2)
-    params: list[int] = []
-    if ext in (".jpg", ".jpeg"):
-        params = [cv2.IMWRITE_JPEG_QUALITY, quality]
-    elif ext == ".webp":
-        params = [cv2.IMWRITE_WEBP_QUALITY, quality]
-    ok, buf = cv2.imencode(ext, np.ascontiguousarray(out), params)
-    if not ok:
-        raise ImageError(f"cannot encode image as {ext}")
-    return buf.tobytes()
-
-
-def _quantize(planes: list[np.ndarray], peak: float, dtype: type, rows: int = 256) -> np.ndarray:
-    """Clip float planes (H, W, c_i) to [0, 1] and round into one integer (H, W, sum c_i) array.
-
-    Works in blocks of rows, so a large result (an 8192x8192 float image is 768 MiB) is not copied
-    whole three more times on its way to 8 or 16 bits."""
-    h, w = planes[0].shape[:2]
-    out = np.empty((h, w, sum(p.shape[2] for p in planes)), dtype)
-    for r0 in range(0, h, rows):
-        c0 = 0
-        for p in planes:
-            block = np.clip(p[r0 : r0 + rows], 0.0, 1.0)
-            block *= peak
-            block += 0.5
-            out[r0 : r0 + rows, :, c0 : c0 + p.shape[2]] = block  # truncation after +0.5 = rounding
-            c0 += p.shape[2]
-    return out
-
-
-def write_image(path: str | os.PathLike[str], img: Image, quality: int = 95) -> None:
-    """Encode and write atomically (temp name in the same folder, then rename)."""
-    p = Path(path)
-    data = encode_image(img, p.suffix or ".png", quality)
-    try:
-        atomic_write_bytes(p, data)
-    except OSError as err:
-        raise ImageError(f"{p}: cannot write image: {err.strerror or err}") from None
-
-
-def to_tensor(arr: np.ndarray) -> torch.Tensor:
-    """(H, W, C) float array -> (1, C, H, W) float32 tensor."""
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).unsqueeze(0).float()
-
-
-def to_array(t: torch.Tensor) -> np.ndarray:
-    """(1, C, H, W) tensor -> (H, W, C) float32 array clipped to [0, 1]."""
-    return t.detach().float().clamp_(0, 1).squeeze(0).permute(1, 2, 0).cpu().numpy()
-
-
-def match_channels(arr: np.ndarray, channels: int) -> np.ndarray:
-    """Convert an (H, W, C) colour array to the model's input channel count.
-
-    grey->RGB repeats the plane; RGB->grey uses BT.601 luma; RGB->RGBA adds opaque alpha (only for
-    4-channel models); anything else is an ImageError.
-    """
-    c = arr.shape[2]
-    if c == channels:
-        return arr
-    if c == 1 and channels in (3, 4):
-        out = np.repeat(arr, 3, axis=2)
-        if channels == 4:
-            out = np.concatenate([out, np.ones_like(arr)], axis=2)
-        return out
-    if c == 3 and channels == 1:
-        return (arr @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[:, :, None]
-    if c == 3 and channels == 4:
-        return np.concatenate([arr, np.ones_like(arr[:, :, :1])], axis=2)
-    raise ImageError(f"cannot feed a {c}-channel image to a {channels}-channel model")

@@ -1,0 +1,606 @@
+"""``hyresr contrib``: the spandrel contribution and the ComfyUI node in ``contrib/``, generated
+from the arch file so that neither can drift from it.
+
+    hyresr contrib                       # regenerate contrib/spandrel and contrib/comfyui
+    hyresr contrib --check               # exit 1 (and name the files) if they are stale
+    hyresr contrib --spandrel ~/spandrel # add HyReSR to a spandrel checkout (files, registry, README)
+    hyresr contrib --comfyui ~/ComfyUI   # copy the node into ComfyUI/custom_nodes/ComfyUI-HyReSR
+
+Generated (never edit them by hand):
+
+* ``contrib/spandrel/.../HyReSR/__arch/HyReSR.py``: the network part of ``hyresr_arch.py`` (up to
+  the "Reading a state dict back into a model" section), with spandrel's
+  ``store_hyperparameters`` instead of the file's own copy of it and unused imports dropped;
+* ``contrib/spandrel/tests/test_HyReSR.py``: spandrel's test conventions; the configurations are
+  written out from ``VARIANTS`` and ``LOAD_CONFIGS`` below, the model tests from ``MODEL_FILES``;
+* ``contrib/spandrel/tests/__snapshots__/test_HyReSR.ambr``: what the contributed
+  ``HyReSRArch`` reports for each model file (syrupy's format);
+* ``contrib/comfyui/hyresr_arch.py``: a verbatim copy of the arch file.
+
+Written by hand: the ``HyReSRArch`` loader (``.../HyReSR/__init__.py``: it reads every
+hyperparameter from tensor shapes and the ``hyresr_meta`` entry, the spandrel way), its LICENSE,
+the READMEs, ``contrib/comfyui/__init__.py``. The model files in ``contrib/spandrel/tests/models``
+are trained by ``python contrib/spandrel/make_test_models.py``.
+
+The images spandrel's inference tests compare against are not kept here: they depend on
+spandrel's own input images, so ``--spandrel`` computes them in the checkout with this pack's
+model (the reference), and the spandrel test then checks the contributed loader against it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import inspect
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[2]
+CONTRIB = ROOT / "contrib"
+SPANDREL = CONTRIB / "spandrel"
+COMFYUI = CONTRIB / "comfyui"
+ARCH_ID = "HyReSR"
+ARCH_DIR = Path("libs/spandrel/spandrel/architectures") / ARCH_ID  # inside a spandrel checkout
+MODELS_DIR = Path("tests/models")
+COMFYUI_NODE_NAME = "ComfyUI-HyReSR"
+
+# Where the project and the test model files are published (spandrel's tests download model
+# files from their URL; a checkout prepared with --spandrel already has them in tests/models).
+# Replace OWNER before submitting, then run `hyresr contrib`.
+PROJECT_URL = "https://github.com/OWNER/HyReSR"
+MODEL_URL = PROJECT_URL + "/releases/download/spandrel-test-models/"
+
+# The model files the spandrel tests load (written by contrib/spandrel/make_test_models.py).
+MODEL_FILES = (
+    "2x_HyReSR_tiny_test.safetensors",
+    "4x_HyReSR_tiny_test.safetensors",
+    "4x_HyReSR_light_dysample_fused_test.safetensors",
+)
+TEST_IMAGES = ("SR_16", "SR_32", "SR_64")  # spandrel's TestImage members
+TEST_IMAGE_FILES = {"SR_16": "16x16.png", "SR_32": "32x32.png", "SR_64": "64x64.png"}
+
+# spandrel's test_load: (variant, overrides) -> HyReSR(**VARIANTS[variant], **overrides), written
+# out with the arguments that differ from HyReSR's defaults. Every variant, every scale, 1/3/4
+# channels, both heads, noise, and one configuration that sets every other argument.
+LOAD_CONFIGS: tuple[tuple[str, dict], ...] = (
+    ("hyresr", {}),
+    ("hyresr_tiny", {}),
+    ("hyresr_light", {}),
+    ("hyresr_sr", {"scale": 2}),
+    ("hyresr_rest", {"scale": 1}),
+    ("hyresr_tiny", {"scale": 1}),
+    ("hyresr_tiny", {"scale": 2}),
+    ("hyresr_tiny", {"scale": 3}),
+    ("hyresr_tiny", {"scale": 8}),
+    ("hyresr_tiny", {"scale": 2, "in_ch": 1, "out_ch": 1}),
+    ("hyresr_tiny", {"scale": 2, "in_ch": 4, "out_ch": 4}),
+    ("hyresr_tiny", {"in_ch": 4, "out_ch": 3}),
+    ("hyresr_tiny", {"scale": 2, "upsampler": "dysample"}),
+    ("hyresr_tiny", {"scale": 3, "upsampler": "dysample", "noise": True}),
+    ("hyresr_tiny", {"scale": 1, "noise": True}),
+    ("hyresr_light", {"upsampler": "dysample"}),
+    ("hyresr_tiny", {"scale": 2, "dims": (16, 24, 32), "depths": (1, 2, 1), "window": 8, "overlap": 0.5,
+                     "experts": 3, "expert_ratio": 0.75, "ffn_ratio": 1.25, "low_depth": 2, "high_depth": 2,
+                     "global_mix": True, "kernel_size": 5}),
+)
+# the same, fused (model.fuse() returns the model)
+FUSED_CONFIGS: tuple[tuple[str, dict], ...] = (LOAD_CONFIGS[6], LOAD_CONFIGS[15], LOAD_CONFIGS[-1])
+SMALL_VARIANTS = ("hyresr_tiny", "hyresr_light")  # the ones this pack's own tests also run
+
+# The arch file's sections from this one on are not part of the network (state-dict reading,
+# host registration, spandrel support); the spandrel copy keeps everything above it.
+NETWORK_ENDS_AT = ("Reading a state dict", "Host registration", "spandrel support")
+BANNER = re.compile(r"^# -{20,}\n# (?P<title>[^\n]+)\n# -{20,}\n", re.M)
+
+
+class ContribError(RuntimeError):
+    """Something the generator cannot do; the message says what to change."""
+
+
+# --------------------------------------------------------------------------------------------
+# The network
+# --------------------------------------------------------------------------------------------
+
+
+def arch_module() -> ModuleType:
+    from hyresr_arch import hyresr_arch
+
+    return hyresr_arch
+
+
+def arch_source() -> str:
+    path = inspect.getsourcefile(arch_module())
+    assert path is not None
+    return Path(path).read_text(encoding="utf-8")
+
+
+def spandrel_arch_source(source: str) -> str:
+    """The network part of the arch file, as spandrel keeps architecture code in ``__arch/``."""
+    cut = next((m.start() for m in BANNER.finditer(source)
+                if m.group("title").startswith(NETWORK_ENDS_AT)), None)
+    if cut is None:
+        raise ContribError(f"hyresr_arch.py has no section banner titled {' / '.join(NETWORK_ENDS_AT)}: "
+                           "cannot tell where the network ends")
+    code = source[:cut].rstrip() + "\n"
+    code = _use_spandrel_store_hyperparameters(code)
+    code = _rewrite_module_docstring(code)
+    code = _drop_unused_imports(code)
+    code = _filter_all(code)
+    tree = ast.parse(code)
+    calls = [n for n in tree.body if isinstance(n, ast.Expr) and not isinstance(n.value, ast.Constant)]
+    if calls:
+        raise ContribError(f"the network part of hyresr_arch.py runs code at import (line {calls[0].lineno}); "
+                           "move it below the 'Reading a state dict back into a model' section")
+    if not any(isinstance(n, ast.ClassDef) and n.name == ARCH_ID for n in tree.body):
+        raise ContribError(f"the network part of hyresr_arch.py does not define class {ARCH_ID}")
+    header = ("# The network part of hyresr_arch.py from the HyReSR pack (everything above its state-dict\n"
+              "# reading and host registration), generated by `hyresr contrib`: change the pack's file and\n"
+              "# regenerate rather than editing this copy.\n")
+    return header + code
+
+
+def _lines(code: str, node: ast.AST) -> tuple[int, int]:
+    first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+    return first - 1, node.end_lineno  # 0-based start, exclusive end
+
+
+def _splice(code: str, start: int, end: int, new: list[str]) -> str:
+    lines = code.splitlines(keepends=True)
+    return "".join(lines[:start] + new + lines[end:])
+
+
+def _use_spandrel_store_hyperparameters(code: str) -> str:
+    tree = ast.parse(code)
+    own = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_store_hyperparameters"), None)
+    if own is None:
+        return code
+    start, end = _lines(code, own)
+    lines = code.splitlines(keepends=True)
+    while end < len(lines) and not lines[end].strip():  # and the blank lines after it
+        end += 1
+    code = _splice(code, start, end, [])
+    code = re.sub(r"^@_store_hyperparameters$", "@store_hyperparameters()", code, flags=re.M)
+    last_import = max(n.end_lineno for n in ast.parse(code).body if isinstance(n, (ast.Import, ast.ImportFrom)))
+    # spandrel is first-party in spandrel's repository: its own import block, after the others
+    return _splice(code, last_import, last_import, ["\n", "from spandrel.util import store_hyperparameters\n"])
+
+
+def _rewrite_module_docstring(code: str) -> str:
+    """Drop the docstring paragraphs about copying the file into hosts (wrong in spandrel)."""
+    tree = ast.parse(code)
+    if ast.get_docstring(tree) is None:
+        return code
+    raw = ast.get_source_segment(code, tree.body[0])
+    assert raw is not None
+    paragraphs = [p for p in raw.split("\n\n") if not re.search(r"neosr|traiNNer|register_spandrel", p)]
+    start, end = _lines(code, tree.body[0])
+    return _splice(code, start, end, ["\n\n".join(paragraphs) + "\n"])
+
+
+def _drop_unused_imports(code: str) -> str:
+    tree = ast.parse(code)
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    used |= {n.value.id for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)}
+    for node in reversed([n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]):
+        if isinstance(node, ast.ImportFrom) and node.module == "__future__":
+            continue
+        keep = [a for a in node.names if (a.asname or a.name).split(".")[0] in used]
+        if len(keep) == len(node.names):
+            continue
+        start, end = _lines(code, node)
+        if not keep:
+            code = _splice(code, start, end, [])
+        else:
+            names = ", ".join(a.name + (f" as {a.asname}" if a.asname else "") for a in keep)
+            stmt = f"from {node.module} import {names}\n" if isinstance(node, ast.ImportFrom) else f"import {names}\n"
+            code = _splice(code, start, end, [stmt])
+    return code
+
+
+def _filter_all(code: str) -> str:
+    """``__all__`` without the names of the sections that were cut."""
+    tree = ast.parse(code)
+    defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    defined |= {t.id for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign))
+                for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Name)}
+    node = next((n for n in tree.body if isinstance(n, ast.Assign)
+                 and any(isinstance(t, ast.Name) and t.id == "__all__" for t in n.targets)), None)
+    if node is None:
+        return code
+    names = [e.value for e in node.value.elts if isinstance(e, ast.Constant) and e.value in defined]
+    start, end = _lines(code, node)
+    return _splice(code, start, end, ["__all__ = [\n"] + [f'    "{n}",\n' for n in names] + ["]\n"])
+
+
+# --------------------------------------------------------------------------------------------
+# spandrel's test file and snapshot
+# --------------------------------------------------------------------------------------------
+
+
+def config_kwargs(variant: str, overrides: dict) -> dict:
+    """HyReSR arguments of a LOAD_CONFIGS entry that differ from HyReSR's defaults."""
+    H = arch_module()
+    defaults = dict(H.HyReSR.__init__.__wrapped__.__kwdefaults__)
+    kwargs = {**H.VARIANTS[variant], **overrides}
+    try:
+        inspect.signature(H.HyReSR.__init__.__wrapped__).bind(None, **kwargs)
+    except TypeError as err:
+        raise ContribError(f"LOAD_CONFIGS entry {variant} {overrides} no longer fits HyReSR: {err}; "
+                           "update LOAD_CONFIGS in hyresr_arch/tools/contrib.py") from None
+    order = list(defaults)
+    return {k: kwargs[k] for k in sorted(kwargs, key=order.index) if _norm(kwargs[k]) != _norm(defaults[k])}
+
+
+def _norm(v):
+    return tuple(v) if isinstance(v, list) else v
+
+
+def _literal(v) -> str:
+    if isinstance(v, str):
+        return '"' + v + '"'
+    if isinstance(v, (tuple, list)):
+        inner = ", ".join(_literal(x) for x in v)
+        return f"({inner}{',' if len(v) == 1 else ''})" if isinstance(v, tuple) else f"[{inner}]"
+    return repr(v)
+
+
+def _lambda(kwargs: dict, suffix: str = "") -> list[str]:
+    """``lambda: HyReSR(...)`` the way ruff formats it at 88 columns (8-space indent)."""
+    args = ", ".join(f"{k}={_literal(v)}" for k, v in kwargs.items())
+    one_line = f"        lambda: HyReSR({args}){suffix},"
+    if len(one_line) <= 88:
+        return [one_line]
+    return (["        lambda: HyReSR("] + [f"            {k}={_literal(v)}," for k, v in kwargs.items()]
+            + [f"        ){suffix},"])
+
+
+def _test_name(model_file: str) -> str:
+    return "test_" + re.sub(r"\W", "_", model_file.rsplit(".", 1)[0])
+
+
+def spandrel_test_source() -> str:
+    lines = [
+        f"from spandrel.architectures.{ARCH_ID} import {ARCH_ID}, {ARCH_ID}Arch",
+        "",
+        "from .util import (",
+        "    ModelFile,",
+        "    TestImage,",
+        "    assert_image_inference,",
+        "    assert_loads_correctly,",
+        "    assert_size_requirements,",
+        "    disallowed_props,",
+        ")",
+        "",
+        f'MODEL_URL = "{MODEL_URL}"',
+        "",
+        "",
+        "def test_load():",
+        "    assert_loads_correctly(",
+        f"        {ARCH_ID}Arch(),",
+    ]
+    for variant, overrides in LOAD_CONFIGS:
+        lines += _lambda(config_kwargs(variant, overrides))
+    lines += ["    )", "", "", "def test_load_fused():", "    assert_loads_correctly(", f"        {ARCH_ID}Arch(),"]
+    for variant, overrides in FUSED_CONFIGS:
+        lines += _lambda(config_kwargs(variant, overrides), ".fuse()")
+    lines += ["    )", "", "", "def _model_file(name: str) -> ModelFile:",
+              "    return ModelFile.from_url(MODEL_URL + name, name=name)", "", "",
+              "def test_size_requirements():",
+              f'    file = _model_file("{MODEL_FILES[0]}")',
+              "    assert_size_requirements(file.load_model())"]
+    images = ", ".join(f"TestImage.{i}" for i in TEST_IMAGES)
+    for name in MODEL_FILES:
+        lines += ["", "", f"def {_test_name(name)}(snapshot):",
+                  f'    file = _model_file("{name}")',
+                  "    model = file.load_model()",
+                  "    assert model == snapshot(exclude=disallowed_props)",
+                  f"    assert isinstance(model.model, {ARCH_ID})",
+                  "    assert_image_inference(",
+                  "        file,",
+                  "        model,",
+                  f"        [{images}],",
+                  "    )"]
+    return "\n".join(lines) + "\n"
+
+
+def snapshot_entry(name: str, desc) -> str:
+    """One syrupy (amber) entry for ``assert model == snapshot(exclude=disallowed_props)``."""
+    arch = desc.architecture
+    req = desc.size_requirements
+    tags = "".join(f"      '{t}',\n" for t in desc.tags)
+    return (f"# name: {name}\n"
+            f"  ImageModelDescriptor(\n"
+            f"    architecture={type(arch).__name__}(\n"
+            f"      id='{arch.id}',\n"
+            f"      name='{arch.name}',\n"
+            f"    ),\n"
+            f"    input_channels={desc.input_channels},\n"
+            f"    output_channels={desc.output_channels},\n"
+            f"    purpose='{desc.purpose}',\n"
+            f"    scale={desc.scale},\n"
+            f"    size_requirements=SizeRequirements(minimum={req.minimum}, multiple_of={req.multiple_of}, "
+            f"square={req.square}),\n"
+            f"    supports_bfloat16={desc.supports_bfloat16},\n"
+            f"    supports_half={desc.supports_half},\n"
+            f"    tags=list([\n{tags}    ]),\n"
+            f"    tiling=<{type(desc.tiling).__name__}.{desc.tiling.name}: {desc.tiling.value}>,\n"
+            f"  )\n"
+            f"# ---\n")
+
+
+def spandrel_snapshot_source(arch) -> str:
+    entries = {}
+    for name in MODEL_FILES:
+        path = SPANDREL / MODELS_DIR / name
+        if not path.is_file():
+            raise ContribError(f"{path} is missing: run python contrib/spandrel/make_test_models.py")
+        entries[_test_name(name)] = snapshot_entry(_test_name(name), arch.load(read_state_dict(path)))
+    return "# serializer version: 1\n" + "".join(entries[k] for k in sorted(entries))
+
+
+def read_state_dict(path: Path) -> dict:
+    """As spandrel's ModelLoader reads a file (safetensors, or torch.load with weights_only)."""
+    from spandrel import ModelLoader
+
+    return ModelLoader().load_state_dict_from_file(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Importing the contributed architecture outside a spandrel checkout
+# --------------------------------------------------------------------------------------------
+
+
+def import_contributed(arch_dir: Path = SPANDREL / ARCH_DIR) -> ModuleType:
+    """Import ``arch_dir`` as ``spandrel.architectures.HyReSR`` (its relative imports then resolve
+    in the installed spandrel, exactly as after a merge) and return the module."""
+    import spandrel.architectures
+
+    name = f"spandrel.architectures.{ARCH_ID}"
+    for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+        del sys.modules[key]
+    spec = importlib.util.spec_from_file_location(name, arch_dir / "__init__.py",
+                                                  submodule_search_locations=[str(arch_dir)])
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception:
+        del sys.modules[name]
+        raise
+    setattr(spandrel.architectures, ARCH_ID, module)
+    return module
+
+
+# --------------------------------------------------------------------------------------------
+# Generate, check, write
+# --------------------------------------------------------------------------------------------
+
+
+def generate() -> dict[Path, str]:
+    """Every generated file (path under contrib/ -> text), from the arch file as it is now."""
+    source = arch_source()
+    arch_dir = Path("spandrel") / ARCH_DIR
+    files = {
+        arch_dir / "__arch" / f"{ARCH_ID}.py": spandrel_arch_source(source),
+        arch_dir / "__arch" / "__init__.py": "",
+        Path("spandrel/tests") / f"test_{ARCH_ID}.py": spandrel_test_source(),
+        Path("comfyui/hyresr_arch.py"): source,
+    }
+    # the snapshot is what the contributed loader (with the network as generated now) reports
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copytree(CONTRIB / arch_dir, Path(tmp) / ARCH_ID, ignore=shutil.ignore_patterns("__pycache__"))
+        for rel, text in files.items():
+            if rel.parent.parent == arch_dir:
+                (Path(tmp) / ARCH_ID / "__arch" / rel.name).write_text(text, encoding="utf-8")
+        module = import_contributed(Path(tmp) / ARCH_ID)
+        files[Path("spandrel/tests/__snapshots__") / f"test_{ARCH_ID}.ambr"] = spandrel_snapshot_source(
+            getattr(module, f"{ARCH_ID}Arch")())
+    return files
+
+
+def stale_files(files: dict[Path, str] | None = None) -> list[Path]:
+    files = generate() if files is None else files
+    return [rel for rel, text in files.items()
+            if not (CONTRIB / rel).is_file() or (CONTRIB / rel).read_text(encoding="utf-8") != text]
+
+
+def write_generated() -> list[Path]:
+    files = generate()
+    changed = stale_files(files)
+    for rel in changed:
+        _write_text(CONTRIB / rel, files[rel])
+    return changed
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _require_fresh() -> None:
+    stale = stale_files()
+    if stale:
+        raise ContribError("contrib/ is stale (" + ", ".join(map(str, stale)) + "): run `hyresr contrib` first")
+
+
+# --------------------------------------------------------------------------------------------
+# Installing into a spandrel checkout / ComfyUI
+# --------------------------------------------------------------------------------------------
+
+
+def install_spandrel(dest: Path) -> list[Path]:
+    """Copy the contribution into a spandrel checkout, register it in main_registry.py and the
+    README, and write the expected inference outputs (computed with this pack's model)."""
+    dest = dest.expanduser().resolve()
+    if not (dest / "libs/spandrel/spandrel/architectures").is_dir():
+        raise ContribError(f"{dest} is not a spandrel checkout (no libs/spandrel/spandrel/architectures)")
+    _require_fresh()
+    written = []
+    for src in sorted(SPANDREL.rglob("*")):
+        rel = src.relative_to(SPANDREL)
+        if src.is_file() and rel.parts[0] in ("libs", "tests") and "__pycache__" not in rel.parts \
+                and rel.name != ".gitignore":
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest / rel)
+            written.append(rel)
+    written += _write_expected_outputs(dest)
+    if _register_in_main_registry(dest / "libs/spandrel/spandrel/__helpers/main_registry.py"):
+        written.append(Path("libs/spandrel/spandrel/__helpers/main_registry.py"))
+    if _add_readme_line(dest / "README.md"):
+        written.append(Path("README.md"))
+    _ruff(dest, [ARCH_DIR, Path("tests") / f"test_{ARCH_ID}.py"])
+    return written
+
+
+def _ruff(dest: Path, paths: list[Path]) -> bool:
+    """What spandrel's pre-commit hooks do (ruff fix + format, with the checkout's settings), on
+    the contributed files, when ruff is installed; False when it is not."""
+    import subprocess
+
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        return False
+    args = [str(p) for p in paths]
+    subprocess.run([ruff, "check", "--fix", "--unsafe-fixes", "--quiet", *args], cwd=dest, check=False)
+    subprocess.run([ruff, "format", "--quiet", *args], cwd=dest, check=True)
+    return True
+
+
+def _write_expected_outputs(dest: Path) -> list[Path]:
+    """tests/images/outputs/<image>/<model>.png as spandrel's assert_image_inference expects
+    them, from this pack's own model (build_from_state_dict), not from the contributed loader."""
+    import cv2
+    import numpy as np
+    import torch
+
+    H = arch_module()
+    written = []
+    for name in MODEL_FILES:
+        model = H.build_from_state_dict(read_state_dict(SPANDREL / MODELS_DIR / name)).eval()
+        for image in TEST_IMAGES:
+            src = dest / "tests/images/inputs" / TEST_IMAGE_FILES[image]
+            bgr = cv2.imread(str(src), cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise ContribError(f"cannot read spandrel's test image {src}")
+            x = torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.float32) / 255).permute(2, 0, 1)
+            with torch.inference_mode():
+                y = model(x[None]).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+            out = cv2.cvtColor(np.clip((y * 255.0).round(), 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
+            rel = Path("tests/images/outputs") / Path(TEST_IMAGE_FILES[image]).stem / (Path(name).stem + ".png")
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(dest / rel), out)
+            written.append(rel)
+    return written
+
+
+def _register_in_main_registry(path: Path) -> bool:
+    text = path.read_text(encoding="utf-8")
+    entry = f"    ArchSupport.from_architecture({ARCH_ID}.{ARCH_ID}Arch()),\n"
+    if entry in text:
+        return False
+    block = re.search(r"from \.\.architectures import \(\n(?P<names>(?:    \w+,\n)+)\)", text)
+    start = text.rfind("MAIN_REGISTRY.add(\n")
+    end = text.find("\n)\n", start) + 1 if start >= 0 else 0
+    if block is None or end <= 0:
+        raise ContribError(f"{path}: unexpected layout; add `{ARCH_ID}` to the architectures import and "
+                           f"`{entry.strip()}` to MAIN_REGISTRY.add(...) by hand")
+    names = [n.strip().rstrip(",") for n in block.group("names").splitlines()]
+
+    def isort_key(n: str):  # ruff's isort: CONSTANT-like names first, then case-insensitive
+        return (0 if n.isupper() else 1, n.lower())
+
+    names = sorted(names + [ARCH_ID], key=isort_key) if names == sorted(names, key=isort_key) else names + [ARCH_ID]
+    new_block = "from ..architectures import (\n" + "".join(f"    {n},\n" for n in names) + ")"
+    text = text[:end] + entry + text[end:]  # at the end of the last MAIN_REGISTRY.add(...)
+    text = text[:block.start()] + new_block + text[block.end():]
+    path.write_text(text, encoding="utf-8")
+    return True
+
+
+def _add_readme_line(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    text = path.read_text(encoding="utf-8")
+    if f"[{ARCH_ID}](" in text:
+        return False
+    line = f"- [{ARCH_ID}]({PROJECT_URL}) | [Models]({PROJECT_URL}/releases)\n"
+    anchor = re.search(r"^#### Single Image Super Resolution\n\n(?:- .*\n|  .*\n)+", text, re.M)
+    if anchor is None:
+        return False
+    path.write_text(text[:anchor.end()] + line + text[anchor.end():], encoding="utf-8")
+    return True
+
+
+def install_comfyui(dest: Path) -> Path:
+    """Copy the node package into ComfyUI's custom_nodes folder (``dest`` is ComfyUI's root or
+    its custom_nodes folder)."""
+    dest = dest.expanduser().resolve()
+    if (dest / "custom_nodes").is_dir():
+        dest = dest / "custom_nodes"
+    if not dest.is_dir():
+        raise ContribError(f"{dest}: no such folder (give ComfyUI's root or its custom_nodes folder)")
+    _require_fresh()
+    target = dest / COMFYUI_NODE_NAME
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(COMFYUI, target, ignore=shutil.ignore_patterns("__pycache__"))
+    return target
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--check", action="store_true", help="only report generated files that are stale (exit 1)")
+    parser.add_argument("--spandrel", type=Path, metavar="CHECKOUT",
+                        help="add HyReSR to this spandrel checkout (architecture, tests, model files, registry)")
+    parser.add_argument("--comfyui", type=Path, metavar="DIR",
+                        help=f"copy the ComfyUI node to DIR/custom_nodes/{COMFYUI_NODE_NAME} (DIR: ComfyUI's root)")
+
+
+def main(args: argparse.Namespace) -> int:
+    if not SPANDREL.is_dir():
+        print(f"hyresr contrib: {CONTRIB} not found; run it from a checkout of the HyReSR repository "
+              "(pip install -e .)", file=sys.stderr)
+        return 2
+    try:
+        if args.check:
+            stale = stale_files()
+            for rel in stale:
+                print(f"stale: contrib/{rel}")
+            print("contrib/ is up to date" if not stale else "run `hyresr contrib` to regenerate")
+            return 1 if stale else 0
+        if args.spandrel is None and args.comfyui is None:
+            changed = write_generated()
+            for rel in changed:
+                print(f"wrote contrib/{rel}")
+            print("contrib/ is up to date" + (f" ({len(changed)} files regenerated)" if changed else ""))
+            return 0
+        if args.spandrel is not None:
+            written = install_spandrel(args.spandrel)
+            lint = ("ruff fixed and formatted them as spandrel's pre-commit hooks do" if shutil.which("ruff")
+                    else "no ruff here: run spandrel's pre-commit hooks (ruff --fix, ruff format) before committing")
+            print(f"added {ARCH_ID} to {args.spandrel} ({len(written)} files; {lint}). Then, in the checkout:\n"
+                  f"  pytest tests/test_{ARCH_ID}.py")
+        if args.comfyui is not None:
+            print(f"installed the ComfyUI node: {install_comfyui(args.comfyui)} (restart ComfyUI)")
+        return 0
+    except ContribError as err:
+        print(f"hyresr contrib: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,156 @@
+"""GPU-shaped compute, checked on the CPU: no host syncs, bounded op counts, no per-window bias
+copies, an attention mask that equals an explicit one, checkpoints of format 1 still load, and
+graphs that torch.compile captures whole."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import perturb
+from hyresr_arch import BUILDERS, TokenMoE, build_from_state_dict, hyresr_light, hyresr_tiny
+from hyresr_arch import hyresr_arch as A
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from kernels import HOST_SYNC_OPS, OpCounter, count_forward, count_training_step  # noqa: E402
+
+
+def _skewed(model):
+    """Routing biases that send tokens to different experts, so every expert path is exercised."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, TokenMoE):
+                m.route_bias.copy_(torch.linspace(-0.5, 0.5, m.experts))
+    return model
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_no_host_syncs_in_eval_and_training_forwards(name):
+    model = _skewed(perturb(BUILDERS[name](scale=2)))
+    x = torch.rand(2, 3, 20, 28)  # padding and shifted windows in every stage
+    evals = count_forward(model.eval(), x)
+    train = count_training_step(model.train(), x)
+    assert evals.host_syncs == 0, {op: n for op, n in evals.ops.items() if op in HOST_SYNC_OPS}
+    assert train.host_syncs == 0, {op: n for op, n in train.ops.items() if op in HOST_SYNC_OPS}
+    # the counter does see a sync when there is one
+    with OpCounter() as probe:
+        torch.arange(4).nonzero()
+    assert probe.host_syncs == 1
+
+
+@pytest.mark.parametrize("name, bound", [("hyresr_tiny", 600), ("hyresr_light", 1000), ("hyresr", 2800)])
+def test_fused_eval_forward_op_count(name, bound):
+    model = BUILDERS[name](scale=4).eval().fuse()
+    n = count_forward(model, torch.rand(1, 3, 64, 64)).total
+    print(f"\n{name}: {n} aten ops per 64x64 x4 fused eval forward")
+    assert n <= bound
+
+
+def test_attention_allocates_no_per_window_bias():
+    """The bias is one (1, heads, N, Nk) table; no op produces a (windows, heads, N, N) tensor."""
+    model = hyresr_light(scale=2).eval()
+    seen = []
+
+    class Shapes(OpCounter):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor):
+                seen.append(tuple(out.shape))
+            return out
+
+    with torch.no_grad(), Shapes():
+        model(torch.rand(2, 3, 44, 36))
+    n = model.hyperparameters["window"] ** 2
+    square = [s for s in seen if len(s) >= 3 and s[-2:] == (n, n)]
+    assert square and all(s[0] == 1 for s in square), sorted(set(square))
+
+
+def _reference_window_attention(attn: A.WindowAttention, x: torch.Tensor, shift: bool) -> torch.Tensor:
+    """Independent reference: pad by the shift, and for every window attend over its real pixels
+    only (padded keys dropped, not masked), cosine logits x temperature + relative bias."""
+    b, h, w, c = x.shape
+    win, heads = attn.window, attn.heads
+    d = c // heads
+    s = win // 2 if shift else 0
+    qkv = attn.qkv(x)
+    pads = (s, (-(w + s)) % win, s, (-(h + s)) % win)
+    qkv = F.pad(qkv, (0, 0, *pads))
+    valid = F.pad(torch.ones(h, w), pads).bool()
+    out = torch.zeros(b, qkv.shape[1], qkv.shape[2], c)
+    scale = attn.logit_scale.clamp(max=torch.log(torch.tensor(100.0))).exp()  # heads, 1, 1
+    bias = attn.rel_bias[:, A.relative_position_index(win, win)]  # heads, N, N
+    for i in range(0, qkv.shape[1], win):
+        for j in range(0, qkv.shape[2], win):
+            keep = valid[i:i + win, j:j + win].flatten()
+            if not keep.any():
+                continue
+            t = qkv[:, i:i + win, j:j + win].reshape(b, win * win, 3, heads, d).permute(2, 0, 3, 1, 4)
+            q, k, v = F.normalize(t[0], dim=-1), F.normalize(t[1], dim=-1), t[2]
+            logits = (q @ k.transpose(-1, -2)) * scale + bias  # B, heads, N, N
+            o = logits[..., keep].softmax(-1) @ v[:, :, keep]
+            out[:, i:i + win, j:j + win] = o.permute(0, 2, 1, 3).reshape(b, win, win, c)
+    out = out[:, pads[2]:pads[2] + h, pads[0]:pads[0] + w]
+    return attn.proj(out)
+
+
+@pytest.mark.parametrize("shift", [False, True])
+@pytest.mark.parametrize("size", [(16, 16), (13, 22)])
+def test_window_attention_equals_an_explicit_per_window_reference(shift, size):
+    torch.manual_seed(0)
+    attn = perturb(A.WindowAttention(32, 2, 8, 8)).eval()
+    x = torch.randn(2, *size, 32)
+    geo = A.WindowGeometry(x.permute(0, 3, 1, 2), 8, 8, shift, head_dim=16)
+    with torch.no_grad():
+        out = attn(x.reshape(-1, 32), 2, geo).view(2, *size, 32)
+        ref = _reference_window_attention(attn, x, shift)
+    assert torch.allclose(out, ref, atol=1e-5), (out - ref).abs().max()
+
+
+def _as_format_1(sd: dict) -> dict:
+    """A format-1 state dict (one GatedFFN per expert; scale and in_ch in the meta), written out
+    from a current one by the inverse of the stacking."""
+    sd = dict(sd)
+    for key in [k for k in sd if k.endswith("moe.fc2_bias")]:
+        p = key[: -len("fc2_bias")]
+        e = sd[f"{p}router.weight"].shape[0]
+        fc1_w, fc1_b = sd.pop(f"{p}fc1.weight").chunk(e), sd.pop(f"{p}fc1.bias").chunk(e)
+        fc2_w, fc2_b = sd.pop(f"{p}fc2.weight").chunk(e, dim=1), sd.pop(key)
+        for i in range(e):
+            sd.update({f"{p}experts.{i}.fc1.weight": fc1_w[i], f"{p}experts.{i}.fc1.bias": fc1_b[i],
+                       f"{p}experts.{i}.fc2.weight": fc2_w[i], f"{p}experts.{i}.fc2.bias": fc2_b[i]})
+    return sd
+
+
+@pytest.mark.parametrize("name, scale, kw", [("hyresr_tiny", 3, {}), ("hyresr_light", 2, {"upsampler": "dysample"}),
+                                             ("hyresr_tiny", 1, {"in_ch": 1, "out_ch": 1})])
+def test_format_1_checkpoints_load_and_compute_the_same(name, scale, kw):
+    model = _skewed(perturb(BUILDERS[name](scale=scale, **kw))).eval()
+    hp = model.hyperparameters
+    old = _as_format_1(model.state_dict())
+    old["hyresr_meta"] = torch.tensor([1, scale, hp["in_ch"], hp["out_ch"], hp["window"], 0, round(hp["ffn_ratio"] * 1000),
+                                       round(hp["expert_ratio"] * 1000)])
+    assert not any(k.endswith("moe.fc1.weight") for k in old)
+    rebuilt = build_from_state_dict(old)
+    assert rebuilt.hyperparameters == hp
+    strict = BUILDERS[name](scale=scale, **kw)
+    strict.load_state_dict(old)  # a host's strict load of a format-1 file
+    x = torch.rand(1, hp["in_ch"], 21, 18)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x)) and torch.equal(strict.eval()(x), model(x))
+
+
+@pytest.mark.parametrize("builder", [hyresr_tiny, hyresr_light])
+@pytest.mark.parametrize("training", [False, True])
+def test_dynamo_captures_the_whole_forward(builder, training):
+    """No graph breaks (fullgraph=True and CUDA graphs need this) in eval and training forwards."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = builder(scale=2).train(training)
+    explained = torch._dynamo.explain(model)(torch.rand(2, 3, 20, 28))
+    assert explained.graph_break_count == 0, [r.reason for r in explained.break_reasons]
+    assert explained.graph_count == 1
