@@ -55,7 +55,7 @@ class OpCounter(TorchDispatchMode):
         return sum(n for op, n in self.ops.items() if op in HOST_SYNC_OPS)
 
 
-def count_forward(model: torch.nn.Module, x: torch.Tensor) -> OpCounter:
+def count_forward(model, x: torch.Tensor) -> OpCounter:
     with torch.no_grad(), OpCounter() as counter:
         model(x)
     return counter
@@ -66,6 +66,54 @@ def count_training_step(model: torch.nn.Module, x: torch.Tensor) -> OpCounter:
     with OpCounter() as counter:
         model(x).abs().mean().backward()
     return counter
+
+
+def sparse_moe(moe, t: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """The same top-1 MoE as ``TokenMoE.forward``, dispatched sparsely (format 1's way): per expert,
+    gather its tokens (``nonzero``: one host sync each), run them, scatter back."""
+    logits = torch.nn.functional.linear(t.float(), moe.router.weight.float(), moe.router.bias.float())
+    choice = (logits + moe.route_bias.float()).argmax(dim=-1)
+    gate = logits.softmax(dim=-1).gather(1, choice[:, None]).to(t.dtype)
+    out = residual.clone()
+    h = moe.hidden
+    for e in range(moe.experts):
+        idx = (choice == e).nonzero().flatten()
+        x = t.index_select(0, idx)
+        a, v = torch.nn.functional.linear(x, moe.fc1.weight[2 * h * e : 2 * h * (e + 1)],
+                                          moe.fc1.bias[2 * h * e : 2 * h * (e + 1)]).chunk(2, dim=-1)
+        y = torch.nn.functional.linear(torch.nn.functional.gelu(a) * v, moe.fc2.weight[:, h * e : h * (e + 1)],
+                                       moe.fc2_bias[e])
+        out = out.index_add(0, idx, y * gate.index_select(0, idx))
+    return out
+
+
+def compare_moe(threads: list[int], repeats: int) -> None:
+    """Dense one-hot MoE (what the network runs) against sparse dispatch, per variant's MoE shapes,
+    at the token counts of a 64x64 and a 256x256 full-resolution stage."""
+    hy = zoo.hyresr_module()
+    print("\nTokenMoE alone, eval: dense one-hot (the network) vs sparse per-expert dispatch (same output)\n")
+    print("| variant | experts x hidden, dim | tokens | ops dense / sparse | syncs dense / sparse | "
+          + " | ".join(f"time dense / sparse, {t} thr" for t in threads) + " |")
+    print("|---|---|---|---|---|" + "---|" * len(threads))
+    for name in VARIANTS:
+        moe = next(m for m in hy.BUILDERS[name](scale=4).modules() if isinstance(m, hy.TokenMoE)).eval()
+        with torch.no_grad():
+            moe.route_bias.copy_(torch.linspace(-0.3, 0.3, moe.experts))  # every expert gets tokens
+        dim = moe.router.in_features
+        for side in (64, 256):
+            t = torch.randn(side * side, dim)
+            dense = lambda x, m=moe: m(x, x)  # noqa: E731
+            sparse = lambda x, m=moe: sparse_moe(m, x, x)  # noqa: E731
+            with torch.no_grad():
+                assert torch.allclose(dense(t), sparse(t), atol=1e-5)
+            cd, cs = count_forward(dense, t), count_forward(sparse, t)
+            row = f"| {name} | {moe.experts} x {moe.hidden}, {dim} | {side}x{side} | {cd.total} / {cs.total} | "                   f"{cd.host_syncs} / {cs.host_syncs} |"
+            for th in threads:
+                torch.set_num_threads(th)
+                times = efficiency.time_interleaved({"d": dense, "s": sparse}, t, repeats=repeats, warmup=2,
+                                                    device="cpu")
+                row += f" {efficiency.paired_ratio(times['d'], times['s']):.2f} |"
+            print(row)
 
 
 def arch_from_rev(rev: str):
@@ -99,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rev", default=None, help="also measure the HyReSR variants of this git revision")
     p.add_argument("--memory", default=None, metavar="VARIANT:SIZE:SCALE",
                    help="peak activation memory of one eval forward, e.g. hyresr_rest:512:1")
+    p.add_argument("--moe", action="store_true", help="also compare the dense MoE with sparse dispatch")
     args = p.parse_args(argv)
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
@@ -110,7 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         models.update({f"{n}@{args.rev}": build(n, args.scale, old) for n in names if n.startswith("hyresr")})
     x = torch.rand(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
 
-    counts = {n: count_forward(m, x) for n, m in models.items()}
+    counts = {n: count_forward(m, x) for n, m in models.items()}  # this machine's path (CPU: grouped MoE)
+    moe = zoo.hyresr_module().TokenMoE
+    moe.dispatch = "dense"  # the path CUDA takes in fp32 (and compiled / traced graphs)
+    dense = {n: count_forward(m, x) for n, m in models.items()}
+    moe.dispatch = "auto"
     threads = [int(t) for t in args.threads.split(",")]
     ratios: dict[int, dict[str, float]] = {}
     for t in threads:
@@ -121,11 +174,13 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n{args.size}x{args.size} -> x{args.scale}, fused eval forward, batch 1, CPU fp32 "
           f"({efficiency.zoo.machine_info('cpu')})\n")
-    print("| model | aten ops | host syncs | " + " | ".join(f"latency / {args.ref}, {t} thr" for t in threads) + " |")
-    print("|---|---|---|" + "---|" * len(threads))
+    print("| model | aten ops, CUDA fp32 path | aten ops, CPU path | host syncs | "
+          + " | ".join(f"latency / {args.ref}, {t} thr" for t in threads) + " |")
+    print("|---|---|---|---|" + "---|" * len(threads))
     for n in models:
-        c = counts[n]
-        print(f"| {n} | {c.total} | {c.host_syncs} | " + " | ".join(f"{ratios[t][n]:.2f}" for t in threads) + " |")
+        c, d = counts[n], dense[n]
+        print(f"| {n} | {d.total} | {c.total} | {max(c.host_syncs, d.host_syncs)} | "
+              + " | ".join(f"{ratios[t][n]:.2f}" for t in threads) + " |")
 
     if args.memory:
         variant, size, scale = args.memory.split(":")
@@ -137,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\npeak activation memory of one eval forward, {size}x{size} x{scale}:\n")
         for n, m in rows:
             print(f"- {n}: {efficiency.peak_memory_mb(m, xm):.0f} MiB")
+    if args.moe:
+        compare_moe(threads, args.repeats)
     return 0
 
 

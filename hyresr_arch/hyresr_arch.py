@@ -279,6 +279,10 @@ def _tracing() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
+def _compiling() -> bool:
+    return torch.compiler.is_compiling() if hasattr(torch, "compiler") else False
+
+
 def partition(x: Tensor, b: int, hp: int, wp: int, w: int, groups: int = 1, heads: int = 1) -> Tensor:
     """Windows of a B, Hp, Wp, groups*C map (or its B*Hp*Wp x groups*C matrix), split into heads:
     -> groups, B*nW, heads, w*w, C/heads (one permute, one copy)."""
@@ -326,7 +330,7 @@ class WindowAttention(nn.Module):
 
     Cosine attention with a clamped learnable temperature (Swin v2) keeps logits bounded, and
     scaled_dot_product_attention accumulates its softmax in fp32, so fp16/bf16 inference does not
-    overflow. The bias is one (heads, N, Nk) table broadcast over all windows and images.
+    overflow. The bias is one (1, heads, N, Nk) table broadcast over all windows and images.
     """
 
     def __init__(self, dim: int, heads: int, window: int, kv_window: int) -> None:
@@ -358,6 +362,7 @@ class WindowAttention(nn.Module):
             q = _unit(partition(qkv[..., :c], b, geo.hp, geo.wp, self.window, 1, self.heads)[0].float())
             k, v = partition_kv(qkv[..., c:], self.window, self.kv_window, 2, self.heads).unbind(0)
             k = _unit(k.float())
+        del qkv  # (v may still view it) freed once augment copies v: a lower peak at large sizes
         scale = self.logit_scale.float().clamp(max=math.log(100.0)).exp()  # heads, 1, 1
         q, k, v = geo.augment((q * scale).to(v.dtype), k.to(v.dtype), v)
         # a (1, heads, N, Nk) bias: broadcast over windows and images, never copied per window
@@ -373,13 +378,15 @@ class TokenMoE(nn.Module):
     - Top-1: each token's output is its chosen expert's output times the router's probability for
       that expert (the router is trained through this gate). No capacity limit, so a token's
       output never depends on the rest of the batch.
-    - Computed without host synchronisation (no ``nonzero``, no per-expert token counts on the
-      CPU): the experts' first layers are one matrix (E*2H x C), the hidden units of the experts a
-      token did not choose are zeroed by its one-hot gate, and the second layers are one matrix
-      (C x E*H). For 2-4 small experts this dense form is faster than gathering tokens per expert
-      on CPU and far fewer kernels on a GPU (docs/BENCHMARKS.md); the output is the same as a
-      sparse dispatch, and the unchosen experts get zero gradients, so DDP needs no
-      ``find_unused_parameters``.
+    - No host synchronisation (no ``nonzero``, no token counts read on the CPU), in one of two
+      forms with the same output (``dispatch``):
+      * grouped: tokens sorted by expert, each expert's rows multiplied by its own weights in one
+        grouped GEMM (``torch._grouped_mm``; sparse in FLOPs). Used where that kernel runs: CPU
+        (fp32, bf16) and CUDA bf16 on compute capability >= 9.0;
+      * dense: every expert on every token, the hidden units of the unchosen experts zeroed by a
+        one-hot gate: two plain matmuls (E x the expert FLOPs, far fewer kernels). Used elsewhere
+        (CUDA fp32/fp16, traced ONNX graphs, torch.compile, torch without ``_grouped_mm``).
+      The unchosen experts get zero gradients, so DDP needs no ``find_unused_parameters``.
     - Balancing needs nothing from the host's loop (no host has a hook for an auxiliary loss):
       a per-expert ``route_bias`` is added to the router logits only to pick the expert. Each
       training forward adds its per-expert token counts to ``pending``; the network applies them
@@ -391,6 +398,7 @@ class TokenMoE(nn.Module):
 
     balance_rate = 0.05  # bias step (in logits) per training forward
     record_loads = False  # count tokens per expert in eval forwards too (HyReSR.moe_loads)
+    dispatch: Literal["auto", "dense", "grouped"] = "auto"
 
     def __init__(self, dim: int, experts: int, hidden: int) -> None:
         super().__init__()
@@ -412,20 +420,56 @@ class TokenMoE(nn.Module):
         with torch.autocast(device_type=t.device.type, enabled=False):
             # fp32 routing even when the model was cast with .half() (chaiNNer does)
             logits = F.linear(t.float(), self.router.weight.float(), self.router.bias.float())  # N, E
-        chosen = ((logits + self.route_bias.float()).argmax(dim=-1, keepdim=True) == self.expert_ids)  # N, E one-hot
-        gate = (logits.softmax(dim=-1) * chosen).to(t.dtype)  # N, E: the chosen expert's probability, else 0
-        a, v = self.fc1(t).view(-1, self.experts, 2, self.hidden).unbind(2)  # N, E, H each
-        hidden = F.gelu(a) * v * gate.unsqueeze(-1)  # N, E, H: zero for unchosen experts
-        # residual + each token's expert bias, then + its expert's second layer: two matmul kernels
-        out = torch.addmm(residual, gate.to(residual.dtype), self.fc2_bias.to(residual.dtype))
-        out = torch.addmm(out, hidden.view(-1, self.experts * self.hidden).to(out.dtype),
-                          self.fc2.weight.t().to(out.dtype))  # N, C
+        choice = (logits + self.route_bias.float()).argmax(dim=-1, keepdim=True)  # N, 1; the bias steers the choice only
+        probs = logits.softmax(dim=-1)
+        grouped = self._grouped_dtype(t)
+        if grouped is not None:
+            out = self._grouped(t, residual, choice, probs, grouped)
+        else:
+            out = self._dense(t, residual, choice, probs)
         if (self.training or self.record_loads) and not _tracing():
-            counts = chosen.sum(dim=0, dtype=self.counts.dtype)
+            counts = (choice == self.expert_ids).sum(dim=0, dtype=self.counts.dtype)
             self.counts.copy_(counts)
             if self.training:
                 self.pending.add_(counts)
         return out
+
+    def _dense(self, t: Tensor, residual: Tensor, choice: Tensor, probs: Tensor) -> Tensor:
+        gate = (probs * (choice == self.expert_ids)).to(t.dtype)  # N, E: p of the chosen, else 0
+        a, v = self.fc1(t).view(-1, self.experts, 2, self.hidden).unbind(2)  # N, E, H each
+        hidden = F.gelu(a) * v * gate.unsqueeze(-1)  # N, E, H: zero for unchosen experts
+        # residual + each token's expert bias, then + its expert's second layer
+        out = torch.addmm(residual, gate.to(residual.dtype), self.fc2_bias.to(residual.dtype))
+        return torch.addmm(out, hidden.view(-1, self.experts * self.hidden).to(out.dtype),
+                           self.fc2.weight.t().to(out.dtype))  # N, C
+
+    def _grouped(self, t: Tensor, residual: Tensor, choice: Tensor, probs: Tensor, dtype: torch.dtype) -> Tensor:
+        e, h, c = self.experts, self.hidden, t.shape[-1]
+        choice = choice.view(-1)
+        order = choice.argsort(stable=True)  # tokens grouped by expert
+        sorted_choice = choice[order]
+        ends = torch.searchsorted(sorted_choice, self.expert_ids, right=True, out_int32=True)  # E: end row per expert
+        w1 = self.fc1.weight.view(e, 2 * h, c).transpose(1, 2).to(dtype)  # E, C, 2H
+        x = torch._grouped_mm(t[order].to(dtype), w1, offs=ends) + self.fc1.bias.view(e, 2 * h)[sorted_choice].to(dtype)
+        a, v = x.chunk(2, dim=-1)
+        w2 = self.fc2.weight.view(c, e, h).permute(1, 2, 0).to(dtype)  # E, H, C
+        y = torch._grouped_mm(F.gelu(a) * v, w2, offs=ends) + self.fc2_bias[sorted_choice].to(dtype)
+        y = y * probs[order, sorted_choice].unsqueeze(-1).to(dtype)  # times the gate
+        return residual.index_add(0, order, y.to(residual.dtype))
+
+    def _grouped_dtype(self, t: Tensor) -> torch.dtype | None:
+        """The dtype to run the grouped GEMMs in, or None for the dense form."""
+        if self.dispatch == "dense" or not hasattr(torch, "_grouped_mm") or _tracing() or _compiling():
+            return None
+        device = t.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else t.dtype
+        if (t.shape[-1] * dtype.itemsize) % 16 or (self.hidden * dtype.itemsize) % 16:
+            return None  # the grouped kernels need rows aligned to 16 bytes
+        if self.dispatch == "grouped" or (device == "cpu" and dtype in (torch.float32, torch.bfloat16)):
+            return dtype
+        if device == "cuda" and dtype == torch.bfloat16 and torch.cuda.get_device_capability(t.device) >= (9, 0):
+            return dtype
+        return None
 
     def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
         _experts_v1_to_v2(state_dict, prefix, self.experts)
@@ -842,15 +886,19 @@ class HyReSR(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
+        # torch calls this with strict=True whatever load_state_dict was given, and applies strictness
+        # afterwards, to missing and unexpected keys only (error_msgs always raise). So a "hyresr_meta"
+        # that describes another network is reported as an unexpected key that names the difference:
+        # load_state_dict(strict=True) fails with it; a non-strict load (a warm start from another
+        # scale, channel count or variant) lists it in .unexpected_keys and loads every tensor that fits.
         key = prefix + "hyresr_meta"
         if key not in state_dict:
-            if strict:
-                missing_keys.append(key)
-        elif strict:  # a non-strict load (a warm start from another scale or variant) loads what fits
+            missing_keys.append(key)
+        else:
             theirs = _current_meta(state_dict[key])
             if theirs != self._meta.tolist():
-                error_msgs.append(f"hyresr_meta {state_dict[key].tolist()} describes another network than this "
-                                  f"one ({_describe_meta(theirs)} vs {_describe_meta(self._meta.tolist())})")
+                unexpected_keys.append(f"{key} {state_dict[key].tolist()} (describes another network: "
+                                       f"{_describe_meta(theirs)} vs {_describe_meta(self._meta.tolist())})")
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
         if key in unexpected_keys:
@@ -869,8 +917,9 @@ class HyReSR(nn.Module):
         pending = torch.stack([m.pending for m in moes])  # layers, E
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(pending)
-        rates = pending.new_tensor([m.balance_rate for m in moes]).unsqueeze(1)
-        step = rates * torch.sign(pending.mean(dim=1, keepdim=True) - pending)
+        rates = {m.balance_rate for m in moes}  # one rate (a tensor of several only when layers differ)
+        rate = rates.pop() if len(rates) == 1 else pending.new_tensor([m.balance_rate for m in moes]).unsqueeze(1)
+        step = rate * torch.sign(pending.mean(dim=1, keepdim=True) - pending)
         torch._foreach_add_([m.route_bias for m in moes], list(step.unbind(0)))
         torch._foreach_zero_([m.pending for m in moes])
 

@@ -62,3 +62,40 @@ def test_cuda_amp_training_stays_finite_and_learns(dtype):
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast never casts the weights
     assert min(losses[-5:]) < losses[0], f"{dtype}: loss did not fall: {losses[0]:.4f} -> {losses[-5:]}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("builder", [hyresr_tiny, hyresr_light])
+def test_cuda_forward_and_training_step_never_wait_for_the_device(builder, dtype):
+    """CUDA's own detector: set_sync_debug_mode("error") raises on any host sync (nonzero, item,
+    a blocking copy) in the eval forward and in a training forward + backward."""
+    model = perturb(builder(scale=2)).cuda()
+    x = torch.rand(2, 3, 20, 28, device="cuda")
+    model(x)  # warm-up outside the check (lazy CUDA initialisation may synchronise once)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+            with torch.no_grad():
+                model.eval()(x)
+            model.train()(x).abs().mean().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
+                    reason="torch._grouped_mm runs in bf16 on sm90+")
+def test_cuda_grouped_moe_equals_dense_in_bf16():
+    from hyresr_arch import TokenMoE
+
+    torch.manual_seed(0)
+    moe = TokenMoE(48, 4, 48).cuda().bfloat16()
+    with torch.no_grad():
+        moe.route_bias.copy_(torch.linspace(-0.3, 0.3, 4))
+    t = torch.randn(4096, 48, device="cuda", dtype=torch.bfloat16)
+    assert moe._grouped_dtype(t) == torch.bfloat16
+    with torch.no_grad():
+        grouped = moe(t, t).float()
+        moe.dispatch = "dense"
+        dense = moe(t, t).float()
+    assert (grouped - dense).abs().max().item() < 0.05 * dense.abs().max().item()

@@ -28,8 +28,17 @@ def _skewed(model):
     return model
 
 
+@pytest.fixture
+def dispatch(request, monkeypatch):
+    """Run the MoE in the given form: "dense" (CUDA fp32/fp16, compiled and traced graphs) or
+    "grouped" (CPU, CUDA bf16 on sm90+)."""
+    monkeypatch.setattr(TokenMoE, "dispatch", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("dispatch", ["dense", "grouped"], indirect=True)
 @pytest.mark.parametrize("name", list(BUILDERS))
-def test_no_host_syncs_in_eval_and_training_forwards(name):
+def test_no_host_syncs_in_eval_and_training_forwards(name, dispatch):
     model = _skewed(perturb(BUILDERS[name](scale=2)))
     x = torch.rand(2, 3, 20, 28)  # padding and shifted windows in every stage
     evals = count_forward(model.eval(), x)
@@ -42,12 +51,34 @@ def test_no_host_syncs_in_eval_and_training_forwards(name):
     assert probe.host_syncs == 1
 
 
+@pytest.mark.parametrize("dispatch", ["dense"], indirect=True)  # the path CUDA takes in fp32
 @pytest.mark.parametrize("name, bound", [("hyresr_tiny", 600), ("hyresr_light", 1000), ("hyresr", 2800)])
-def test_fused_eval_forward_op_count(name, bound):
+def test_fused_eval_forward_op_count(name, bound, dispatch):
     model = BUILDERS[name](scale=4).eval().fuse()
     n = count_forward(model, torch.rand(1, 3, 64, 64)).total
     print(f"\n{name}: {n} aten ops per 64x64 x4 fused eval forward")
     assert n <= bound
+
+
+def test_grouped_and_dense_moe_give_the_same_outputs_and_gradients():
+    torch.manual_seed(0)
+    model = _skewed(perturb(hyresr_tiny(scale=2, experts=4))).train()
+    twins = {d: __import__("copy").deepcopy(model) for d in ("dense", "grouped")}
+    x = torch.rand(2, 3, 20, 28)
+    outs = {}
+    for d, m in twins.items():
+        for moe in m.modules():
+            if isinstance(moe, TokenMoE):
+                moe.dispatch = d
+        outs[d] = m(x)
+        outs[d].abs().mean().backward()
+    assert torch.allclose(outs["dense"], outs["grouped"], atol=1e-5)
+    for (name, a), (_, b) in zip(twins["dense"].named_parameters(), twins["grouped"].named_parameters()):
+        assert (a.grad is None) == (b.grad is None), name
+        if a.grad is not None:
+            assert torch.allclose(a.grad, b.grad, atol=1e-6, rtol=1e-4), name
+        if name.endswith("route_bias"):
+            assert torch.equal(a, b)  # same routing, same balancing update
 
 
 def test_attention_allocates_no_per_window_bias():
@@ -65,7 +96,7 @@ def test_attention_allocates_no_per_window_bias():
     with torch.no_grad(), Shapes():
         model(torch.rand(2, 3, 44, 36))
     n = model.hyperparameters["window"] ** 2
-    square = [s for s in seen if len(s) >= 3 and s[-2:] == (n, n)]
+    square = [s for s in seen if len(s) == 4 and s[-2:] == (n, n)]  # (windows or 1, heads, N, N)
     assert square and all(s[0] == 1 for s in square), sorted(set(square))
 
 

@@ -189,3 +189,25 @@ def test_tiny_images(size):
     with torch.no_grad():
         out = model(torch.rand(1, 3, *size))
     assert out.shape == (1, 3, size[0] * 2, size[1] * 2) and torch.isfinite(out).all()
+
+
+def test_builders_show_every_option_typed_with_the_variant_defaults():
+    """help(), inspect and traiNNer-redux's option docs read the builders' signatures."""
+    import inspect
+    import typing
+
+    from hyresr_arch import BUILDERS, VARIANTS, HyReSR
+
+    init = inspect.signature(HyReSR.__init__)
+    for name, builder in BUILDERS.items():
+        sig = inspect.signature(builder)
+        assert list(sig.parameters)[0] == "scale" and sig.parameters["scale"].default == 4
+        options = {n: p for n, p in sig.parameters.items() if n != "scale"}
+        assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in options.values()), name
+        assert set(options) == (set(init.parameters) - {"self", "scale"}) | {"upscale"}, name
+        assert all(p.annotation is not inspect.Parameter.empty for p in sig.parameters.values()), name
+        hints = typing.get_type_hints(builder)
+        assert typing.get_args(hints["upsampler"]) == ("pixelshuffle", "dysample")
+        assert VARIANTS[name].items() <= {k: p.default for k, p in options.items()}.items(), name
+        assert builder(scale=2).hyperparameters == {**{k: p.default for k, p in options.items() if k != "upscale"},
+                                                    "scale": 2}, name
