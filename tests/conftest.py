@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import sys
 from pathlib import Path
 
@@ -36,3 +38,33 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"benchmark images not found at {SHARED_DATA} (the ../shared/data folder beside the project)")
     return SHARED_DATA
+
+
+class _Lines(logging.Handler):
+    """Collects the messages a logger lets through (after its filters ran)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def capture_log():
+    """capture_log(name) -> the list of messages the logger ``name`` lets through."""
+    attached: list[tuple[logging.Logger, _Lines, int]] = []
+
+    def attach(name: str) -> list[str]:
+        logger = logging.getLogger(name)
+        handler = _Lines()
+        attached.append((logger, handler, logger.level))
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+        return handler.lines
+
+    yield attach
+    for logger, handler, level in attached:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

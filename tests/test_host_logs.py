@@ -22,34 +22,6 @@ import hyresr_arch as H
 torch.set_num_threads(1)
 
 
-class _Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
-@pytest.fixture
-def capture():
-    """capture(name) -> the list of messages the logger `name` lets through (after its filters)."""
-    attached: list[tuple[logging.Logger, _Lines, int]] = []
-
-    def attach(name: str) -> list[str]:
-        logger = logging.getLogger(name)
-        handler = _Lines()
-        attached.append((logger, handler, logger.level))
-        logger.addHandler(handler)
-        logger.setLevel(logging.DEBUG)
-        return handler.lines
-
-    yield attach
-    for logger, handler, level in attached:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-
-
 @pytest.fixture(scope="module")
 def srmodel():
     try:
@@ -77,8 +49,8 @@ def _route_biases(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p for n, p in net.named_parameters() if n.endswith("route_bias")}
 
 
-def test_basicsr_setup_optimizers_is_quiet_about_route_bias_only(srmodel, capture):
-    lines = capture("basicsr")
+def test_basicsr_setup_optimizers_is_quiet_about_route_bias_only(srmodel, capture_log):
+    lines = capture_log("basicsr")
     torch.manual_seed(0)
     model = srmodel(_opt(ema_decay=0.5))  # is_train False: no training settings yet
     biases = _route_biases(model.net_g)
@@ -117,8 +89,8 @@ def test_basicsr_training_step_ema_averages_route_bias(srmodel):
 
 
 @pytest.mark.parametrize("host", ["basicsr", "neosr", "traiNNer"])
-def test_each_host_logger_drops_exactly_the_route_bias_warning(host, capture):
-    lines = capture(host)
+def test_each_host_logger_drops_exactly_the_route_bias_warning(host, capture_log):
+    lines = capture_log(host)
     logger = logging.getLogger(host)
     name = "decoder1.blocks.0.high.moe.route_bias"
     logger.warning(f"Params {name} will not be optimized.")  # BasicSR / neosr

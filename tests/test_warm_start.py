@@ -11,7 +11,6 @@ covers that pattern.
 
 from __future__ import annotations
 
-import logging
 
 import pytest
 import torch
@@ -42,28 +41,6 @@ def basicsr():
     return base_model.BaseModel, sr_model.SRModel
 
 
-class _Lines(logging.Handler):
-    """Collects the messages a logger emits (after its filters ran)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
-@pytest.fixture
-def basicsr_log():
-    logger = logging.getLogger("basicsr")
-    handler, level = _Lines(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield handler.lines
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
 def _x4_source(seed: int = 0) -> H.HyReSR:
     """A trained-looking x4 hyresr_tiny (perturbed weights, balancing state moved)."""
     torch.manual_seed(seed)
@@ -91,7 +68,8 @@ def _check_warm_start(model: H.HyReSR, fresh: dict, source: dict) -> None:
 
 
 @pytest.mark.parametrize("target", list(TARGETS))
-def test_basicsr_load_network_non_strict_loads_everything_that_fits(target, basicsr, basicsr_log, tmp_path):
+def test_basicsr_load_network_non_strict_loads_everything_that_fits(target, basicsr, capture_log, tmp_path):
+    basicsr_log = capture_log("basicsr")
     BaseModel, _ = basicsr
     host = BaseModel({"num_gpu": 0, "is_train": True, "path": {"models": str(tmp_path)}})
     source = _x4_source()
