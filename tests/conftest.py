@@ -68,3 +68,16 @@ def capture_log():
     for logger, handler, level in attached:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+@pytest.fixture(scope="session")
+def basicsr_models():
+    """BasicSR's (BaseModel, SRModel), imported through the pack's torchvision shim."""
+    try:
+        from registry_hooks import basicsr as hook
+
+        hook.prepare()
+        from basicsr.models import base_model, sr_model
+    except Exception as err:  # noqa: BLE001
+        pytest.skip(f"basicsr not importable: {err}")
+    return base_model.BaseModel, sr_model.SRModel

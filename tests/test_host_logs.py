@@ -22,18 +22,6 @@ import hyresr_arch as H
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def srmodel():
-    try:
-        from registry_hooks import basicsr as hook
-
-        hook.prepare()
-        from basicsr.models.sr_model import SRModel
-    except Exception as err:  # noqa: BLE001
-        pytest.skip(f"basicsr not importable: {err}")
-    return SRModel
-
-
 def _opt(ema_decay: float) -> dict:
     return {
         "num_gpu": 0, "dist": False, "is_train": False, "scale": 2,
@@ -49,10 +37,10 @@ def _route_biases(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p for n, p in net.named_parameters() if n.endswith("route_bias")}
 
 
-def test_basicsr_setup_optimizers_is_quiet_about_route_bias_only(srmodel, capture_log):
+def test_basicsr_setup_optimizers_is_quiet_about_route_bias_only(basicsr_models, capture_log):
     lines = capture_log("basicsr")
     torch.manual_seed(0)
-    model = srmodel(_opt(ema_decay=0.5))  # is_train False: no training settings yet
+    model = basicsr_models[1](_opt(ema_decay=0.5))  # is_train False: no training settings yet
     biases = _route_biases(model.net_g)
     assert len(biases) == 6 and not any(p.requires_grad for p in biases.values())
     model.net_g.stem.bias.requires_grad_(False)  # a parameter frozen by mistake must still be reported
@@ -65,12 +53,12 @@ def test_basicsr_setup_optimizers_is_quiet_about_route_bias_only(srmodel, captur
     assert not any(id(p) in in_optimizer for p in biases.values())
 
 
-def test_basicsr_training_step_ema_averages_route_bias(srmodel):
+def test_basicsr_training_step_ema_averages_route_bias(basicsr_models):
     """A real SRModel step: the training forward moves route_bias, model_ema(decay) averages it."""
     torch.manual_seed(0)
     opt = _opt(ema_decay=0.5)
     opt["is_train"] = True
-    model = srmodel(opt)
+    model = basicsr_models[1](opt)
     ema_before = {n: p.detach().clone() for n, p in _route_biases(model.net_g_ema).items()}
     assert all(torch.equal(v, torch.zeros_like(v)) for v in ema_before.values())
     for step in range(1, 4):

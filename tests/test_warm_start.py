@@ -29,18 +29,6 @@ TARGETS = {
 }
 
 
-@pytest.fixture(scope="module")
-def basicsr():
-    try:
-        from registry_hooks import basicsr as hook
-
-        hook.prepare()
-        from basicsr.models import base_model, sr_model
-    except Exception as err:  # noqa: BLE001
-        pytest.skip(f"basicsr not importable: {err}")
-    return base_model.BaseModel, sr_model.SRModel
-
-
 def _x4_source(seed: int = 0) -> H.HyReSR:
     """A trained-looking x4 hyresr_tiny (perturbed weights, balancing state moved)."""
     torch.manual_seed(seed)
@@ -68,9 +56,9 @@ def _check_warm_start(model: H.HyReSR, fresh: dict, source: dict) -> None:
 
 
 @pytest.mark.parametrize("target", list(TARGETS))
-def test_basicsr_load_network_non_strict_loads_everything_that_fits(target, basicsr, capture_log, tmp_path):
+def test_basicsr_load_network_non_strict_loads_everything_that_fits(target, basicsr_models, capture_log, tmp_path):
     basicsr_log = capture_log("basicsr")
-    BaseModel, _ = basicsr
+    BaseModel, _ = basicsr_models
     host = BaseModel({"num_gpu": 0, "is_train": True, "path": {"models": str(tmp_path)}})
     source = _x4_source()
     host.save_network([source, source], "net_g", 100, param_key=["params", "params_ema"])  # SRModel.save's format
@@ -88,8 +76,8 @@ def test_basicsr_load_network_non_strict_loads_everything_that_fits(target, basi
 
 
 @pytest.mark.parametrize("target", ["x2", "gray_x4"])
-def test_basicsr_load_network_strict_fails_with_a_clear_message(target, basicsr, tmp_path):
-    BaseModel, _ = basicsr
+def test_basicsr_load_network_strict_fails_with_a_clear_message(target, basicsr_models, tmp_path):
+    BaseModel, _ = basicsr_models
     host = BaseModel({"num_gpu": 0, "is_train": True, "path": {"models": str(tmp_path)}})
     host.save_network(_x4_source(), "net_g", 5)
     model = H.hyresr_tiny(**TARGETS[target])
@@ -102,10 +90,10 @@ def test_basicsr_load_network_strict_fails_with_a_clear_message(target, basicsr,
         assert "hyresr_meta" in message and "out_ch 3" in message and "out_ch 1" in message
 
 
-def test_basicsr_srmodel_pretrain_network_g_with_strict_load_g_false(basicsr, tmp_path):
+def test_basicsr_srmodel_pretrain_network_g_with_strict_load_g_false(basicsr_models, tmp_path):
     """The option keys the README documents: path.pretrain_network_g + strict_load_g: false load
     net_g (param_key_g, default "params") and, with EMA on, net_g_ema ("params_ema")."""
-    BaseModel, SRModel = basicsr
+    BaseModel, SRModel = basicsr_models
     saver = BaseModel({"num_gpu": 0, "is_train": True, "path": {"models": str(tmp_path)}})
     source, ema_source = _x4_source(0), _x4_source(1)
     saver.save_network([source, ema_source], "net_g", 7, param_key=["params", "params_ema"])
