@@ -117,7 +117,7 @@ class ChannelAttention(nn.Module):
 
 
 class GatedFFN(nn.Module):
-    """Token-wise gated feed-forward (GEGLU) on (..., C) tensors; also the MoE expert."""
+    """Token-wise gated feed-forward (GEGLU) on (..., C) tensors (TokenMoE stacks E of these)."""
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
@@ -667,6 +667,7 @@ class Stage(nn.Module):
         self.window, self.kv_window, self.high_depth = window, kv_window, high_depth
         heads = next(h for h in range(max(1, dim // 16), 0, -1) if dim % h == 0)  # ~16 channels per head
         self.head_dim = dim // heads
+        self.shifts = [i % 2 == 1 for i in range(depth * high_depth)]  # one per attention layer, alternating
         self.blocks = nn.ModuleList(
             HyReSRBlock(dim, heads=heads, window=window, kv_window=kv_window, low_depth=low_depth,
                         high_depth=high_depth, ffn_ratio=ffn_ratio, experts=experts, expert_ratio=expert_ratio,
@@ -674,19 +675,15 @@ class Stage(nn.Module):
             for _ in range(depth))
         self.global_mix = GlobalMix(dim, heads) if global_mix else None
 
-    def _shifts(self) -> list[bool]:  # one per attention layer, alternating
-        return [i % 2 == 1 for i in range(len(self.blocks) * self.high_depth)]
-
     def geometries(self, x: Tensor) -> dict[bool, WindowGeometry]:
         """Window geometry (pads + key masks) for each shift this stage uses; shared by all its
         blocks, and by the decoder stage of the same resolution."""
-        return {s: WindowGeometry(x, self.window, self.kv_window, s, self.head_dim) for s in set(self._shifts())}
+        return {s: WindowGeometry(x, self.window, self.kv_window, s, self.head_dim) for s in set(self.shifts)}
 
     def forward(self, x: Tensor, geos: dict[bool, WindowGeometry] | None = None) -> Tensor:
         geos = self.geometries(x) if geos is None else geos
-        shifts = self._shifts()
         for i, block in enumerate(self.blocks):
-            x = block(x, [geos[s] for s in shifts[i * self.high_depth : (i + 1) * self.high_depth]])
+            x = block(x, [geos[s] for s in self.shifts[i * self.high_depth : (i + 1) * self.high_depth]])
         if self.global_mix is not None:
             x = self.global_mix(x)
         return x
