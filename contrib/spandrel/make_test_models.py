@@ -142,16 +142,14 @@ def psnr_gain(model: H.HyReSR, scale: int, folder: Path) -> str:
 
 
 def save(model: H.HyReSR, path: Path, note: str) -> None:
-    from safetensors.torch import save_file
+    from hyresr_arch.tools.checkpoints import save_state_dict
 
     # floats as fp16 (half the size; spandrel loads them into the fp32 model); hyresr_meta stays int
     sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
     # one metadata entry: safetensors writes several in no fixed order, and the files should be reproducible
     meta = {"description": f"{note}; hyperparameters {json.dumps(model.hyperparameters, default=list)}"}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(sd, str(tmp), metadata=meta)
-    tmp.replace(path)
+    save_state_dict(sd, path, meta)  # atomic, with the usual file mode
 
 
 def main(argv: list[str] | None = None) -> int:
