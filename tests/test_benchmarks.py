@@ -68,13 +68,72 @@ def test_quality_two_iterations_on_synthetic_folder(tmp_path):
     out = tmp_path / "out"
     _run("quality.py", "--iters", "2", "--tasks", "x4", "--models", "SAFMN", "--patch", "8", "--batch", "2",
          "--evals", "1", "--train", str(tmp_path / "train"), "--val", str(tmp_path / "val"), "--no-default-val",
-         "--device", "cpu", "--out", str(out), "--threads", "2")
+         "--device", "cpu", "--out", str(out), "--threads", "2", "--peer-cache", str(tmp_path / "peer_cache"))
     rows = list(csv.DictReader((out / "quality.csv").open()))
     assert {"task", "model", "set", "psnr_y", "ssim_y", "iters"} <= set(rows[0])
     assert rows[0]["model"] == "SAFMN" and rows[0]["iters"] == "2"
     assert all(math.isfinite(float(r["psnr_y"])) and 0 < float(r["ssim_y"]) <= 1 for r in rows)
     assert list((out / "cache").iterdir()), "LR images are cached"
     assert (out / "quality_curves.csv").exists() and (out / "quality.md").exists()
+
+
+def _metrics(out: Path) -> list[tuple]:
+    return [(r["model"], r["set"], r["iters"], r["psnr_y"], r["ssim_y"]) for r in csv.DictReader((out / "quality.csv").open())]
+
+
+@pytest.fixture
+def keep_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)  # quality.main(--threads) sets them for the whole process
+
+
+def test_quality_caches_peer_rows_and_resumes_an_interrupted_training(tmp_path, monkeypatch, keep_threads):
+    import quality
+
+    rng = np.random.default_rng(1)
+    for sub, n in (("train", 3), ("val", 2)):
+        (tmp_path / sub).mkdir()
+        for i in range(n):
+            imgops.imwrite_rgb(tmp_path / sub / f"img_{i}.png", (rng.random((48, 40, 3)) * 255).astype(np.uint8))
+    cache = tmp_path / "peer_cache"
+    base = ["--iters", "4", "--tasks", "x4", "--models", "SAFMN", "--patch", "8", "--batch", "2", "--evals", "2",
+            "--train", str(tmp_path / "train"), "--val", str(tmp_path / "val"), "--no-default-val", "--device", "cpu",
+            "--threads", "1", "--peer-cache", str(cache), "--resume-every", "2", "--cache", str(tmp_path / "lr")]
+    quality.main(base + ["--out", str(tmp_path / "ref"), "--no-peer-cache"])  # uninterrupted, not cached
+    assert not cache.exists()
+
+    out = tmp_path / "run"
+    real_batch = quality.PatchSampler.__call__
+    calls = []
+
+    def interrupted_at_the_third_batch(self):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_batch(self)
+
+    monkeypatch.setattr(quality.PatchSampler, "__call__", interrupted_at_the_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        quality.main(base + ["--out", str(out)])
+    assert len(list((out / "resume").glob("x4_SAFMN_*.pt"))) == 1  # saved after step 2
+    monkeypatch.setattr(quality.PatchSampler, "__call__", real_batch)
+    quality.main(base + ["--out", str(out)])
+    assert "resuming at step 2" in (out / "quality.log").read_text()
+    assert _metrics(out) == _metrics(tmp_path / "ref")  # the same batches, the same weights
+    assert not list((out / "resume").glob("*.pt"))
+    assert len(list(cache.glob("x4_SAFMN_*.json"))) == 1
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached peer was retrained")
+
+    monkeypatch.setattr(quality, "train_one", no_training)
+    quality.main(base + ["--out", str(tmp_path / "cached")])
+    assert _metrics(tmp_path / "cached") == _metrics(tmp_path / "ref")
+    assert "| cached |" in (tmp_path / "cached" / "quality.md").read_text()
+    # another setting is another key: that run would have to train
+    quality.main([*base[:9], "3", *base[10:], "--out", str(tmp_path / "other")])
+    assert "a cached peer was retrained" in (tmp_path / "other" / "quality.log").read_text()
 
 
 def test_basicsr_metrics_and_imresize_follow_the_field_convention():

@@ -117,12 +117,13 @@ def _damaged(tiny) -> dict[str, tuple[dict, str]]:
     sd = tiny.state_dict()
     missing = {k: v for k, v in sd.items() if k != "decoder1.blocks.0.fusion.mix.weight"}
     extra = dict(sd, **{"decoder1.blocks.0.surplus.weight": torch.zeros(4)})
-    shape = dict(sd, **{"encoder2.blocks.0.high.moe.router.weight": torch.zeros(5, 32)})
+    # (not encoder2.blocks.0's router: the expert count is read from it, so that builds another network)
+    shape = dict(sd, **{"decoder2.blocks.0.high.moe.router.weight": torch.zeros(5, 32)})
     bias = dict(sd, **{"decoder1.blocks.0.high.moe.route_bias": torch.zeros(7)})
     return {
         "missing": (missing, "decoder1.blocks.0.fusion.mix.weight"),
         "extra": (extra, "decoder1.blocks.0.surplus.weight"),
-        "shape": (shape, "encoder2.blocks.0.high.moe.router.weight"),
+        "shape": (shape, "decoder2.blocks.0.high.moe.router.weight"),
         "route_bias_shape": (bias, "decoder1.blocks.0.high.moe.route_bias"),
     }
 

@@ -12,6 +12,11 @@ Data flow (read the classes in this order)::
 
     HyReSRBlock:  x --FreqSplit--> low  (half resolution) --NAF gated conv------------\\
                                    high (full resolution) --window attn, FFN, MoE------ Fusion --> reparam conv --> + x
+    skip (MSG):   encoder feature + up(gated convs(down(encoder feature))), concat with the decoder, 1x1
+
+Section labels follow the design draft: (A) frequency split, (B) low-frequency path, (C)
+high-frequency path, (D) cross-fusion, (E) MSG residual, 3.2 GlobalMix, 3.4 re-parameterization.
+Consecutive attention layers alternate plain and shifted windows across blocks and stages.
 
 No full global attention: window attention is local, GlobalMix is linear in the pixel count.
 """
@@ -42,9 +47,12 @@ __all__ = [
     "register_spandrel",
 ]
 
-# Checkpoint format: 2 stacks the MoE experts into single matrices and keeps only what tensor
-# shapes cannot tell in "hyresr_meta"; format-1 checkpoints still load (converted on load).
-FORMAT_VERSION = 2
+# Checkpoint format, stored in "hyresr_meta" (what tensor shapes cannot tell). Format 3 is network
+# v2 (MSG skips, shift alternation across stages, grouped DySample); formats 1 and 2 describe the
+# v1 network, which computes differently, so they are refused with a message, never mis-loaded.
+FORMAT_VERSION = 3
+# The last revision of this file that reads formats 1 and 2.
+V1_REVISION = "9f4a82d"
 # The U-Net halves the size twice and FreqSplit halves the bottleneck once more.
 PAD_MULTIPLE = 8
 # Finite "minus infinity" for masked logits: safe in fp16 and never NaN for fully masked rows.
@@ -52,26 +60,6 @@ MASK_VALUE = -1e4
 # Learned residual scales start small (near identity) but not at zero, so every weight behind
 # them gets a gradient from the first step.
 RESIDUAL_INIT = 1e-2
-
-
-def _store_hyperparameters(cls):
-    """Record constructor kwargs (with defaults) in ``model.hyperparameters``.
-
-    The same convention as ``spandrel.util.store_hyperparameters``, written here so that importing
-    this file never imports spandrel.
-    """
-    init = cls.__init__
-    spec = inspect.getfullargspec(init)
-    assert spec.args == ["self"] and spec.varkw is None, "keyword-only arguments required"
-    defaults = dict(spec.kwonlydefaults or {})
-
-    @functools.wraps(init)
-    def new_init(self, **kwargs):
-        self.hyperparameters = {**defaults, **kwargs}
-        init(self, **kwargs)
-
-    cls.__init__ = new_init
-    return cls
 
 
 # --------------------------------------------------------------------------------------------
@@ -471,10 +459,6 @@ class TokenMoE(nn.Module):
             return dtype
         return None
 
-    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
-        _experts_v1_to_v2(state_dict, prefix, self.experts)
-        super()._load_from_state_dict(state_dict, prefix, *args)
-
 
 @torch.no_grad()
 def _init_linear_like(weight: Tensor, bias: Tensor, fan_in: int) -> None:
@@ -482,17 +466,6 @@ def _init_linear_like(weight: Tensor, bias: Tensor, fan_in: int) -> None:
     bound = 1 / math.sqrt(fan_in)
     weight.uniform_(-bound, bound)  # kaiming_uniform_(a=sqrt(5)) reduces to this bound
     bias.uniform_(-bound, bound)
-
-
-def _experts_v1_to_v2(sd: dict, prefix: str, experts: int) -> None:
-    """Format 1 kept one GatedFFN per expert (``experts.<e>.fc1/fc2``); stack them in place."""
-    old = [f"{prefix}experts.{e}." for e in range(experts)]
-    if f"{old[0]}fc1.weight" not in sd:
-        return
-    sd[f"{prefix}fc1.weight"] = torch.cat([sd.pop(f"{o}fc1.weight") for o in old])
-    sd[f"{prefix}fc1.bias"] = torch.cat([sd.pop(f"{o}fc1.bias") for o in old])
-    sd[f"{prefix}fc2.weight"] = torch.cat([sd.pop(f"{o}fc2.weight") for o in old], dim=1)
-    sd[f"{prefix}fc2_bias"] = torch.stack([sd.pop(f"{o}fc2.bias") for o in old])
 
 
 class NoiseInjection(nn.Module):
@@ -541,7 +514,7 @@ class HighFreqPath(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# (D) Cross-fusion and (E) re-parameterizable large-kernel conv
+# (D) Cross-fusion and (3.4) re-parameterizable large-kernel conv
 # --------------------------------------------------------------------------------------------
 
 
@@ -594,7 +567,7 @@ class ReparamLargeKernelConv(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# HyReSR block, GlobalMix, stages
+# HyReSR block, (3.2) GlobalMix, stages
 # --------------------------------------------------------------------------------------------
 
 
@@ -658,16 +631,22 @@ class GlobalMix(nn.Module):
 
 
 class Stage(nn.Module):
-    """A sequence of HyReSR blocks at one resolution; shifted and plain windows alternate."""
+    """A sequence of HyReSR blocks at one resolution.
 
-    def __init__(self, dim: int, depth: int, *, window: int, kv_window: int, low_depth: int, high_depth: int,
-                 ffn_ratio: float, experts: int, expert_ratio: float, kernel_size: int, noise: bool,
+    ``first_layer`` is the network-wide index of this stage's first attention layer (in forward
+    order): shifted and plain windows alternate over that index, so consecutive attention layers
+    alternate across blocks and stages, and a one-block stage is shifted when its predecessor's
+    last layer was not (with a per-stage pattern, one-layer stages would never shift).
+    """
+
+    def __init__(self, dim: int, depth: int, *, first_layer: int, window: int, kv_window: int, low_depth: int,
+                 high_depth: int, ffn_ratio: float, experts: int, expert_ratio: float, kernel_size: int, noise: bool,
                  global_mix: bool) -> None:
         super().__init__()
         self.window, self.kv_window, self.high_depth = window, kv_window, high_depth
         heads = next(h for h in range(max(1, dim // 16), 0, -1) if dim % h == 0)  # ~16 channels per head
         self.head_dim = dim // heads
-        self.shifts = [i % 2 == 1 for i in range(depth * high_depth)]  # one per attention layer, alternating
+        self.shifts = [(first_layer + i) % 2 == 1 for i in range(depth * high_depth)]  # one per attention layer
         self.blocks = nn.ModuleList(
             HyReSRBlock(dim, heads=heads, window=window, kv_window=kv_window, low_depth=low_depth,
                         high_depth=high_depth, ffn_ratio=ffn_ratio, experts=experts, expert_ratio=expert_ratio,
@@ -675,10 +654,11 @@ class Stage(nn.Module):
             for _ in range(depth))
         self.global_mix = GlobalMix(dim, heads) if global_mix else None
 
-    def geometries(self, x: Tensor) -> dict[bool, WindowGeometry]:
-        """Window geometry (pads + key masks) for each shift this stage uses; shared by all its
-        blocks, and by the decoder stage of the same resolution."""
-        return {s: WindowGeometry(x, self.window, self.kv_window, s, self.head_dim) for s in set(self.shifts)}
+    def geometries(self, x: Tensor, *others: "Stage") -> dict[bool, WindowGeometry]:
+        """Window geometry (pads + key masks) for each shift this stage (and ``others``, the other
+        stage of the same resolution) uses; computed once, shared by all their blocks."""
+        shifts = set(self.shifts).union(*(o.shifts for o in others))
+        return {s: WindowGeometry(x, self.window, self.kv_window, s, self.head_dim) for s in sorted(shifts)}
 
     def forward(self, x: Tensor, geos: dict[bool, WindowGeometry] | None = None) -> Tensor:
         geos = self.geometries(x) if geos is None else geos
@@ -687,6 +667,23 @@ class Stage(nn.Module):
         if self.global_mix is not None:
             x = self.global_mix(x)
         return x
+
+
+class NAFStage(nn.Module):
+    """NAF blocks only (no attention, no experts): the full-resolution stages of a restoration
+    variant, where window attention costs the most and plain gated convs do most of the work."""
+
+    shifts: list[bool] = []  # no attention layers
+
+    def __init__(self, dim: int, depth: int) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*[NAFBlock(dim) for _ in range(depth)])
+
+    def geometries(self, x: Tensor, *others: Stage) -> dict[bool, WindowGeometry]:
+        return others[0].geometries(x) if others else {}
+
+    def forward(self, x: Tensor, geos: dict[bool, WindowGeometry] | None = None) -> Tensor:
+        return self.blocks(x)
 
 
 class Downsample(nn.Module):
@@ -715,14 +712,26 @@ class Upsample(nn.Module):
         return self.shuffle(self.conv(x))
 
 
-class SkipFusion(nn.Module):
-    """MSG skip: concat decoder and matching encoder features, 1x1 conv."""
+# --------------------------------------------------------------------------------------------
+# (E) MSG residual: multi-scale gated skips
+# --------------------------------------------------------------------------------------------
 
-    def __init__(self, dim: int) -> None:
+
+class MSGSkip(nn.Module):
+    """Multi-scale guided skip: the encoder feature is refined at half its resolution by gated conv
+    (NAF) blocks and added back (a small learned scale, near identity at the start), then fused with
+    the decoder feature (concat, 1x1). The coarse pass lets the skip carry context from twice the
+    receptive field into the decoder at a quarter of the pixels' cost."""
+
+    def __init__(self, dim: int, depth: int) -> None:
         super().__init__()
+        self.down = nn.Sequential(nn.PixelUnshuffle(2), nn.Conv2d(dim * 4, dim, 1))  # learned x0.5
+        self.refine = nn.Sequential(*[NAFBlock(dim) for _ in range(depth)])
+        self.gamma = nn.Parameter(torch.full((1, dim, 1, 1), RESIDUAL_INIT))
         self.mix = nn.Conv2d(dim * 2, dim, 1)
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        skip = _add_scaled(skip, self.gamma, _upsample2(self.refine(self.down(skip))))
         return self.mix(torch.cat([x, skip], dim=1))
 
 
@@ -752,38 +761,47 @@ class PixelShuffleHead(nn.Module):
 
 
 class DySampleHead(nn.Module):
-    """DySample (Liu et al. 2023): learned point sampling of an LR image-space map.
+    """DySample (Liu et al., ICCV 2023; the "LP" form with dynamic scope) on the features.
 
-    A 3x3 conv makes out_ch LR channels; per output pixel a learned offset (dynamic scope,
-    starting near zero = plain bilinear upsampling) moves the sampling point; grid_sample reads it.
-    Needs ONNX opset >= 16 (grid_sample).
+    Channels are split into ``groups``; per output pixel and group a learned offset (in LR pixels)
+    moves the sampling point from its initial position, the output pixel's own centre (the paper's
+    ``init_pos`` added to the LR grid), and ``grid_sample`` reads the group's features there; a 1x1
+    conv maps the sampled features to the image. offset = 0.5 * sigmoid(scope(x)) * offset(x): the
+    scope conv starts at zero, so the factor starts at the static 0.25 (sampling points of
+    neighbouring output pixels cannot cross), the offset conv near zero, the output conv near zero.
+    Sampling positions in fp32 (half precision cannot address the pixels of a wide image). Needs
+    ONNX opset >= 16 (grid_sample).
     """
+
+    groups = 4
 
     def __init__(self, dim: int, out_ch: int, scale: int) -> None:
         super().__init__()
+        assert dim % self.groups == 0, f"DySample needs a first-stage width divisible by {self.groups}"
         self.scale = scale
-        self.to_img = nn.Conv2d(dim, out_ch, 3, padding=1)
-        _near_zero_init(self.to_img)
-        self.offset = nn.Conv2d(dim, 2 * scale * scale, 1)
-        self.scope = nn.Conv2d(dim, 2 * scale * scale, 1)
+        self.offset = nn.Conv2d(dim, 2 * self.groups * scale * scale, 1)  # channels: (group, x/y, sy, sx)
+        self.scope = nn.Conv2d(dim, 2 * self.groups * scale * scale, 1)
+        self.to_img = nn.Conv2d(dim, out_ch, 1)
         nn.init.normal_(self.offset.weight, std=1e-3)
         nn.init.zeros_(self.offset.bias)
+        nn.init.zeros_(self.scope.weight)
+        nn.init.zeros_(self.scope.bias)
+        _near_zero_init(self.to_img)
 
     def forward(self, x: Tensor) -> Tensor:
-        b, _, h, w = x.shape
-        s = self.scale
-        img = self.to_img(x)
-        # sampling positions in fp32: half precision cannot address pixels of a wide image
-        offset = (self.offset(x) * self.scope(x).sigmoid()).float()  # B, 2*s*s, H, W (in LR pixels)
-        offset = F.pixel_shuffle(offset, s)  # B, 2, sH, sW
-        # centres of the output pixels in LR pixel coordinates
+        b, c, h, w = x.shape
+        s, g = self.scale, self.groups
+        offset = (self.offset(x) * self.scope(x).sigmoid() * 0.5).float()  # B, 2*g*s*s, H, W
+        offset = F.pixel_shuffle(offset, s).view(b * g, 2, h * s, w * s)  # per group: x, y offsets
+        # initial positions: centres of the output pixels in LR pixel coordinates
         ys = (torch.arange(h * s, device=x.device, dtype=torch.float32) + 0.5) / s - 0.5
         xs = (torch.arange(w * s, device=x.device, dtype=torch.float32) + 0.5) / s - 0.5
-        gy = ys.view(1, -1, 1) + offset[:, 1]
-        gx = xs.view(1, 1, -1) + offset[:, 0]
-        grid = torch.stack([(gx + 0.5) * 2 / w - 1, (gy + 0.5) * 2 / h - 1], dim=-1)  # B, sH, sW, 2
-        out = F.grid_sample(img.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
-        return out.to(img.dtype)
+        gx = (xs.view(1, 1, -1) + offset[:, 0] + 0.5) * (2 / w) - 1  # normalised, align_corners=False
+        gy = (ys.view(1, -1, 1) + offset[:, 1] + 0.5) * (2 / h) - 1
+        feats = x.float().reshape(b * g, c // g, h, w)
+        out = F.grid_sample(feats, torch.stack([gx, gy], dim=-1), mode="bilinear", padding_mode="border",
+                            align_corners=False)  # B*g, C/g, sH, sW
+        return self.to_img(out.view(b, c, h * s, w * s).to(x.dtype))
 
 
 # --------------------------------------------------------------------------------------------
@@ -794,7 +812,6 @@ Upsampler = Literal["pixelshuffle", "dysample"]
 UPSAMPLERS: tuple[str, ...] = ("pixelshuffle", "dysample")
 
 
-@_store_hyperparameters
 class HyReSR(nn.Module):
     """HyReSR-MoE. Keyword-only, typed arguments; every one of them can be read back from a
     state dict (``build_from_state_dict``)."""
@@ -814,6 +831,8 @@ class HyReSR(nn.Module):
         ffn_ratio: float = 2.0,
         low_depth: int = 1,
         high_depth: int = 1,
+        msg_depth: int = 1,
+        full_res_naf: bool = False,
         global_mix: bool = True,
         kernel_size: int = 13,
         upsampler: Upsampler = "pixelshuffle",
@@ -822,7 +841,7 @@ class HyReSR(nn.Module):
         super().__init__()
         _check_config(in_ch=in_ch, out_ch=out_ch, scale=scale, dims=dims, depths=depths, window=window,
                       overlap=overlap, experts=experts, kernel_size=kernel_size, upsampler=upsampler,
-                      ratios=(overlap, ffn_ratio, expert_ratio))
+                      msg_depth=msg_depth, ratios=(overlap, ffn_ratio, expert_ratio))
         self.in_ch, self.out_ch, self.scale = in_ch, out_ch, scale
         kv_window = window + round(window * overlap)
         # What tensor shapes cannot tell, as integers (ratios in thousandths), saved in the state
@@ -835,19 +854,28 @@ class HyReSR(nn.Module):
         block_kw = dict(window=window, kv_window=kv_window, low_depth=low_depth, high_depth=high_depth,
                         ffn_ratio=ffn_ratio, experts=experts, expert_ratio=expert_ratio, kernel_size=kernel_size,
                         noise=noise)
+        layers = [0]  # attention layers built so far, in forward order: where the next stage's shifts start
+
+        def stage(dim: int, depth: int, mix: bool = False, naf: bool = False) -> Stage | NAFStage:
+            if naf:
+                return NAFStage(dim, depth)
+            built = Stage(dim, depth, first_layer=layers[0], global_mix=mix, **block_kw)
+            layers[0] += depth * high_depth
+            return built
+
         d1, d2, d3 = dims
         self.stem = nn.Conv2d(in_ch, d1, 3, padding=1)
-        self.encoder1 = Stage(d1, depths[0], global_mix=False, **block_kw)
+        self.encoder1 = stage(d1, depths[0], naf=full_res_naf)
         self.down1 = Downsample(d1, d2)
-        self.encoder2 = Stage(d2, depths[1], global_mix=False, **block_kw)
+        self.encoder2 = stage(d2, depths[1])
         self.down2 = Downsample(d2, d3)
-        self.bottleneck = Stage(d3, depths[2], global_mix=global_mix, **block_kw)
+        self.bottleneck = stage(d3, depths[2], mix=global_mix)
         self.up2 = Upsample(d3, d2)
-        self.skip2 = SkipFusion(d2)
-        self.decoder2 = Stage(d2, depths[1], global_mix=False, **block_kw)
+        self.skip2 = MSGSkip(d2, msg_depth)
+        self.decoder2 = stage(d2, depths[1])
         self.up1 = Upsample(d2, d1)
-        self.skip1 = SkipFusion(d1)
-        self.decoder1 = Stage(d1, depths[0], global_mix=False, **block_kw)
+        self.skip1 = MSGSkip(d1, msg_depth)
+        self.decoder1 = stage(d1, depths[0], naf=full_res_naf)
         if upsampler == "dysample":
             self.head_dysample = DySampleHead(d1, out_ch, scale)
         else:
@@ -857,10 +885,10 @@ class HyReSR(nn.Module):
         _check_input(x, self.in_ch)
         h, w = x.shape[-2:]
         feat = self.stem(_pad_to_multiple(x, PAD_MULTIPLE))  # B, d1, Hp, Wp
-        geo1 = self.encoder1.geometries(feat)  # shared by the encoder and decoder stage of a resolution
+        geo1 = self.encoder1.geometries(feat, self.decoder1)  # shared by the two stages of a resolution
         e1 = self.encoder1(feat, geo1)
         e2 = self.down1(e1)  # B, d2, Hp/2, Wp/2
-        geo2 = self.encoder2.geometries(e2)
+        geo2 = self.encoder2.geometries(e2, self.decoder2)
         e2 = self.encoder2(e2, geo2)
         m = self.bottleneck(self.down2(e2))  # B, d3, Hp/4, Wp/4
         d2 = self.decoder2(self.skip2(self.up2(m), e2), geo2)
@@ -892,7 +920,7 @@ class HyReSR(nn.Module):
         if key not in state_dict:
             missing_keys.append(key)
         else:
-            theirs = _current_meta(state_dict[key])
+            theirs = [int(v) for v in state_dict[key].flatten().tolist()]
             if theirs != self._meta.tolist():
                 unexpected_keys.append(f"{key} {state_dict[key].tolist()} (describes another network: "
                                        f"{_describe_meta(theirs)} vs {_describe_meta(self._meta.tolist())})")
@@ -957,32 +985,26 @@ def _milli(x: float) -> int:
     return round(x * 1000)
 
 
-def _current_meta(meta: Tensor) -> list[int]:
-    """A "hyresr_meta" of any known format as this format's list (format 1 also held the scale
-    and input channels, which tensor shapes tell)."""
-    meta = [int(v) for v in meta.tolist()]
-    if meta and meta[0] == 1 and len(meta) >= 8:
-        return [FORMAT_VERSION, meta[3], *meta[4:8]]
-    return meta
-
-
 def _describe_meta(meta: list[int]) -> str:
-    if len(meta) != 6:
+    if len(meta) != 6 or meta[0] != FORMAT_VERSION:
         return f"format {meta[0] if meta else '?'}"
     names = ("format", "out_ch", "window", "overlap/1000", "ffn_ratio/1000", "expert_ratio/1000")
     return ", ".join(f"{n} {v}" for n, v in zip(names, meta))
 
 
 def _check_config(*, in_ch, out_ch, scale, dims, depths, window, overlap, experts, kernel_size, upsampler,
-                  ratios) -> None:
+                  msg_depth, ratios) -> None:
     if in_ch not in (1, 3, 4) or out_ch not in (1, 3, 4):
         raise ValueError(f"HyReSR supports 1, 3 or 4 channels, got in_ch={in_ch}, out_ch={out_ch}")
     if scale not in (1, 2, 3, 4, 8):
         raise ValueError(f"HyReSR supports scales 1, 2, 3, 4 and 8, got scale={scale}")
     if upsampler not in UPSAMPLERS:
         raise ValueError(f"upsampler must be one of {UPSAMPLERS}, got {upsampler!r}")
-    if upsampler == "dysample" and scale not in (2, 3, 4):
-        raise ValueError(f"the dysample head supports scales 2, 3 and 4, got scale={scale}")
+    if upsampler == "dysample" and (scale not in (2, 3, 4) or dims[0] % DySampleHead.groups):
+        raise ValueError(f"the dysample head supports scales 2, 3 and 4 and a first width divisible by "
+                         f"{DySampleHead.groups}, got scale={scale}, dims[0]={dims[0]}")
+    if msg_depth < 1:
+        raise ValueError(f"msg_depth (gated conv blocks in each MSG skip) must be >= 1, got {msg_depth}")
     if len(dims) != 3 or len(depths) != 3 or any(d % 4 for d in dims[1:]) or min(depths) < 1:
         raise ValueError(f"dims and depths need 3 entries each, dims[1:] multiples of 4, depths >= 1; "
                          f"got dims={dims}, depths={depths}")
@@ -1042,7 +1064,7 @@ def hyresr_tiny(
     upsampler: Upsampler = "pixelshuffle", noise: bool = False,
     dims: tuple[int, int, int] = (24, 32, 48), depths: tuple[int, int, int] = (1, 1, 2), window: int = 4,
     overlap: float = 0.0, experts: int = 2, expert_ratio: float = 1.0, ffn_ratio: float = 1.0, low_depth: int = 1,
-    high_depth: int = 1, global_mix: bool = False, kernel_size: int = 7,
+    high_depth: int = 1, msg_depth: int = 1, full_res_naf: bool = False, global_mix: bool = False, kernel_size: int = 7,
 ) -> HyReSR:
     """<= 300K params at x4: no GlobalMix, 2 experts, small windows."""
     return _build(**locals())
@@ -1051,11 +1073,12 @@ def hyresr_tiny(
 def hyresr_light(
     scale: int = 4, *, upscale: int | None = None, in_ch: int = 3, out_ch: int = 3,
     upsampler: Upsampler = "pixelshuffle", noise: bool = False,
-    dims: tuple[int, int, int] = (32, 48, 64), depths: tuple[int, int, int] = (1, 2, 3), window: int = 8,
+    dims: tuple[int, int, int] = (40, 48, 64), depths: tuple[int, int, int] = (2, 2, 2), window: int = 8,
     overlap: float = 0.0, experts: int = 3, expert_ratio: float = 1.0, ffn_ratio: float = 1.5, low_depth: int = 1,
-    high_depth: int = 1, global_mix: bool = True, kernel_size: int = 9,
+    high_depth: int = 1, msg_depth: int = 1, full_res_naf: bool = False, global_mix: bool = True, kernel_size: int = 9,
 ) -> HyReSR:
-    """<= 900K params at x4; one block per full-resolution stage (most of its time was spent there)."""
+    """<= SwinIR-light's params at x4 (864K); its capacity sits at full resolution, where SR detail is
+    made: two 40-wide blocks per full-resolution stage, two per lower stage."""
     return _build(**locals())
 
 
@@ -1064,7 +1087,7 @@ def hyresr(
     upsampler: Upsampler = "pixelshuffle", noise: bool = False,
     dims: tuple[int, int, int] = (48, 96, 192), depths: tuple[int, int, int] = (4, 6, 8), window: int = 8,
     overlap: float = 0.0, experts: int = 4, expert_ratio: float = 1.0, ffn_ratio: float = 2.0, low_depth: int = 1,
-    high_depth: int = 1, global_mix: bool = True, kernel_size: int = 13,
+    high_depth: int = 1, msg_depth: int = 1, full_res_naf: bool = False, global_mix: bool = True, kernel_size: int = 13,
 ) -> HyReSR:
     """The draft's default."""
     return _build(**locals())
@@ -1075,7 +1098,7 @@ def hyresr_sr(
     upsampler: Upsampler = "pixelshuffle", noise: bool = False,
     dims: tuple[int, int, int] = (48, 96, 192), depths: tuple[int, int, int] = (4, 6, 8), window: int = 8,
     overlap: float = 0.5, experts: int = 4, expert_ratio: float = 1.0, ffn_ratio: float = 2.0, low_depth: int = 1,
-    high_depth: int = 2, global_mix: bool = True, kernel_size: int = 13,
+    high_depth: int = 2, msg_depth: int = 1, full_res_naf: bool = False, global_mix: bool = True, kernel_size: int = 13,
 ) -> HyReSR:
     """SR-heavy: overlapping key windows, two attention layers per high path."""
     return _build(**locals())
@@ -1086,7 +1109,7 @@ def hyresr_rest(
     upsampler: Upsampler = "pixelshuffle", noise: bool = False,
     dims: tuple[int, int, int] = (48, 96, 192), depths: tuple[int, int, int] = (4, 6, 8), window: int = 8,
     overlap: float = 0.0, experts: int = 2, expert_ratio: float = 0.5, ffn_ratio: float = 2.0, low_depth: int = 2,
-    high_depth: int = 1, global_mix: bool = True, kernel_size: int = 13,
+    high_depth: int = 1, msg_depth: int = 1, full_res_naf: bool = False, global_mix: bool = True, kernel_size: int = 13,
 ) -> HyReSR:
     """Restoration-heavy: deeper low path, fewer and smaller experts."""
     return _build(**locals())
@@ -1098,9 +1121,10 @@ def _build(scale: int, upscale: int | None, **options) -> HyReSR:
 
 BUILDERS = {f.__name__: f for f in (hyresr_tiny, hyresr_light, hyresr, hyresr_sr, hyresr_rest)}
 
-_DEFAULTS = dict(HyReSR.__init__.__wrapped__.__kwdefaults__)
+# (the class is decorated here only in spandrel's copy of this part of the file)
+_DEFAULTS = dict(getattr(HyReSR.__init__, "__wrapped__", HyReSR.__init__).__kwdefaults__)
 _ARCH_KEYS = ("dims", "depths", "window", "overlap", "experts", "expert_ratio", "ffn_ratio", "low_depth",
-              "high_depth", "global_mix", "kernel_size")
+              "high_depth", "msg_depth", "full_res_naf", "global_mix", "kernel_size")
 # what each variant sets differently from the HyReSR defaults (read from the builders' signatures)
 VARIANTS: dict[str, dict] = {
     name: {k: v for k, v in fn.__kwdefaults__.items() if k in _ARCH_KEYS and v != _DEFAULTS[k]}
@@ -1111,6 +1135,36 @@ VARIANTS: dict[str, dict] = {
 def _arch_numbers(hp: dict) -> dict:
     """Hyperparameters that define a variant (not scale, channels, head or noise)."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in hp.items() if k in _ARCH_KEYS}
+
+
+# --------------------------------------------------------------------------------------------
+# Plumbing: the hyperparameter record, state-dict reading, host and spandrel registration
+# --------------------------------------------------------------------------------------------
+
+# Everything from here on serves hosts and apps; the computation is all above.
+
+
+def _store_hyperparameters(cls):
+    """Record constructor kwargs (with defaults) in ``model.hyperparameters``.
+
+    The same convention as ``spandrel.util.store_hyperparameters``, written here so that importing
+    this file never imports spandrel.
+    """
+    init = cls.__init__
+    spec = inspect.getfullargspec(init)
+    assert spec.args == ["self"] and spec.varkw is None, "keyword-only arguments required"
+    defaults = dict(spec.kwonlydefaults or {})
+
+    @functools.wraps(init)
+    def new_init(self, **kwargs):
+        self.hyperparameters = {**defaults, **kwargs}
+        init(self, **kwargs)
+
+    cls.__init__ = new_init
+    return cls
+
+
+HyReSR = _store_hyperparameters(HyReSR)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1165,20 +1219,18 @@ def read_hyperparameters(sd: dict[str, Tensor]) -> tuple[dict, bool]:
     """Every HyReSR constructor argument, read from a state dict; and whether it is fused."""
     if "hyresr_meta" not in sd or "stem.weight" not in sd:
         raise HyReSRStateDictError("not a HyReSR state dict (no 'hyresr_meta' / 'stem.weight' keys)")
-    meta = _current_meta(sd["hyresr_meta"])
-    if not meta or meta[0] > FORMAT_VERSION or len(meta) != 6:
-        version = meta[0] if meta else "?"
-        newer = "newer than this file supports" if meta and meta[0] > FORMAT_VERSION else "not one this file reads"
-        raise HyReSRStateDictError(f"HyReSR checkpoint format {version} is {newer} (formats 1 to {FORMAT_VERSION}); "
-                                   f"update hyresr_arch.py")
+    meta = [int(v) for v in sd["hyresr_meta"].flatten().tolist()]
+    _check_format(meta)
     _, out_ch, window, overlap_m, ffn_m, expert_m = meta
     try:
-        b0 = "encoder1.blocks.0"
+        naf = "encoder1.blocks.0.norm1.weight" in sd  # NAF blocks at full resolution
+        b0 = "encoder2.blocks.0"  # a hybrid block in every variant
         d1 = sd["stem.weight"].shape[0]
         fused = f"{b0}.reparam.fused.weight" in sd
         dysample = "head_dysample.to_img.weight" in sd
-        # the head's channels: out_ch * scale**2 (PixelShuffle) or 2 * scale**2 offsets (DySample)
-        head = sd["head_dysample.offset.weight"].shape[0] // 2 if dysample else sd["head.conv.weight"].shape[0] // out_ch
+        # the head's channels: out_ch * scale**2 (PixelShuffle) or 2 * groups * scale**2 offsets (DySample)
+        head = (sd["head_dysample.offset.weight"].shape[0] // (2 * DySampleHead.groups) if dysample
+                else sd["head.conv.weight"].shape[0] // out_ch)
         hp = dict(
             in_ch=sd["stem.weight"].shape[1],
             out_ch=out_ch,
@@ -1192,6 +1244,8 @@ def read_hyperparameters(sd: dict[str, Tensor]) -> tuple[dict, bool]:
             ffn_ratio=ffn_m / 1000,
             low_depth=_count(sd, f"{b0}.low.blocks"),
             high_depth=_count(sd, f"{b0}.high.attns"),
+            msg_depth=_count(sd, "skip1.refine"),
+            full_res_naf=naf,
             global_mix="bottleneck.global_mix.qkv.weight" in sd,
             kernel_size=sd[f"{b0}.reparam.{'fused' if fused else 'large'}.weight"].shape[-1],
             upsampler="dysample" if dysample else "pixelshuffle",
@@ -1200,6 +1254,20 @@ def read_hyperparameters(sd: dict[str, Tensor]) -> tuple[dict, bool]:
     except KeyError as err:
         raise HyReSRStateDictError(f"HyReSR state dict is missing key {err}") from None
     return hp, fused
+
+
+def _check_format(meta: list[int]) -> None:
+    version = meta[0] if meta else "?"
+    if meta and meta[0] in (1, 2):
+        raise HyReSRStateDictError(
+            f"HyReSR checkpoint format {version}: a network v1 checkpoint (plain skips, per-stage window shifts, "
+            f"single-group DySample). This hyresr_arch.py builds network v2 (format {FORMAT_VERSION}), which computes "
+            f"differently, so v1 weights cannot be loaded into it; load the file with hyresr_arch.py from revision "
+            f"{V1_REVISION} of the HyReSR repository, or fine-tune a v2 model from it (non-strict load)")
+    if not meta or meta[0] != FORMAT_VERSION or len(meta) != 6:
+        newer = "newer than this file reads" if meta and meta[0] > FORMAT_VERSION else "not one this file reads"
+        raise HyReSRStateDictError(f"HyReSR checkpoint format {version} is {newer} (format {FORMAT_VERSION}); "
+                                   f"update hyresr_arch.py")
 
 
 def build_from_state_dict(state_dict) -> HyReSR:
@@ -1330,8 +1398,8 @@ def _make_spandrel_arch():
             super().__init__(
                 id="HyReSR",
                 detect=KeyCondition.has_all("hyresr_meta", "stem.weight", "down1.conv.weight",
-                                            "encoder1.blocks.0.high.moe.router.weight",
-                                            "encoder1.blocks.0.split.alpha"),
+                                            "encoder2.blocks.0.high.moe.router.weight",
+                                            "encoder2.blocks.0.split.alpha"),
             )
 
         def load(self, state_dict) -> ImageModelDescriptor[HyReSR]:

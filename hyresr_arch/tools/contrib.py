@@ -93,9 +93,9 @@ LOAD_CONFIGS: tuple[tuple[str, dict], ...] = (
 FUSED_CONFIGS: tuple[tuple[str, dict], ...] = (LOAD_CONFIGS[6], LOAD_CONFIGS[15], LOAD_CONFIGS[-1])
 SMALL_VARIANTS = ("hyresr_tiny", "hyresr_light")  # the ones this pack's own tests also run
 
-# The arch file's sections from this one on are not part of the network (state-dict reading,
-# host registration, spandrel support); the spandrel copy keeps everything above it.
-NETWORK_ENDS_AT = ("Reading a state dict", "Host registration", "spandrel support")
+# The arch file's sections from this one on are not part of the network (the hyperparameter record,
+# state-dict reading, host registration, spandrel support); the spandrel copy keeps everything above it.
+NETWORK_ENDS_AT = ("Plumbing", "Reading a state dict", "Host registration", "spandrel support")
 BANNER = re.compile(r"^# -{20,}\n# (?P<title>[^\n]+)\n# -{20,}\n", re.M)
 
 
@@ -136,7 +136,7 @@ def spandrel_arch_source(source: str) -> str:
     calls = [n for n in tree.body if isinstance(n, ast.Expr) and not isinstance(n.value, ast.Constant)]
     if calls:
         raise ContribError(f"the network part of hyresr_arch.py runs code at import (line {calls[0].lineno}); "
-                           "move it below the 'Reading a state dict back into a model' section")
+                           "move it below the 'Plumbing' section banner")
     if not any(isinstance(n, ast.ClassDef) and n.name == ARCH_ID for n in tree.body):
         raise ContribError(f"the network part of hyresr_arch.py does not define class {ARCH_ID}")
     header = ("# The network part of hyresr_arch.py from the HyReSR pack (everything above its state-dict\n"
@@ -156,16 +156,11 @@ def _splice(code: str, start: int, end: int, new: list[str]) -> str:
 
 
 def _use_spandrel_store_hyperparameters(code: str) -> str:
-    tree = ast.parse(code)
-    own = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_store_hyperparameters"), None)
-    if own is None:
-        return code
-    start, end = _lines(code, own)
-    lines = code.splitlines(keepends=True)
-    while end < len(lines) and not lines[end].strip():  # and the blank lines after it
-        end += 1
-    code = _splice(code, start, end, [])
-    code = re.sub(r"^@_store_hyperparameters$", "@store_hyperparameters()", code, flags=re.M)
+    """The pack applies its own hyperparameter decorator in its plumbing section (cut here);
+    spandrel's copy decorates the class with spandrel's ``store_hyperparameters`` instead."""
+    code, n = re.subn(rf"^class {ARCH_ID}\(", f"@store_hyperparameters()\nclass {ARCH_ID}(", code, count=1, flags=re.M)
+    if n != 1:
+        raise ContribError(f"the network part of hyresr_arch.py does not define class {ARCH_ID}")
     last_import = max(n.end_lineno for n in ast.parse(code).body if isinstance(n, (ast.Import, ast.ImportFrom)))
     # spandrel is first-party in spandrel's repository: its own import block, after the others
     return _splice(code, last_import, last_import, ["\n", "from spandrel.util import store_hyperparameters\n"])

@@ -26,8 +26,8 @@ def test_load():
             kernel_size=7,
         ),
         lambda: HyReSR(
-            dims=(32, 48, 64),
-            depths=(1, 2, 3),
+            dims=(40, 48, 64),
+            depths=(2, 2, 2),
             experts=3,
             ffn_ratio=1.5,
             kernel_size=9,
@@ -143,8 +143,8 @@ def test_load():
             noise=True,
         ),
         lambda: HyReSR(
-            dims=(32, 48, 64),
-            depths=(1, 2, 3),
+            dims=(40, 48, 64),
+            depths=(2, 2, 2),
             experts=3,
             ffn_ratio=1.5,
             kernel_size=9,
@@ -179,8 +179,8 @@ def test_load_fused():
             kernel_size=7,
         ).fuse(),
         lambda: HyReSR(
-            dims=(32, 48, 64),
-            depths=(1, 2, 3),
+            dims=(40, 48, 64),
+            depths=(2, 2, 2),
             experts=3,
             ffn_ratio=1.5,
             kernel_size=9,

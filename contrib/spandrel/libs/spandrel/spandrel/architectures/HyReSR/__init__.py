@@ -14,7 +14,7 @@ from ...__helpers.model_descriptor import (
     SizeRequirements,
     StateDict,
 )
-from .__arch.HyReSR import FORMAT_VERSION, HyReSR
+from .__arch.HyReSR import FORMAT_VERSION, DySampleHead, HyReSR
 
 
 class HyReSRArch(Architecture[HyReSR]):
@@ -25,9 +25,10 @@ class HyReSRArch(Architecture[HyReSR]):
                 "hyresr_meta",
                 "stem.weight",
                 "down1.conv.weight",
-                "encoder1.blocks.0.split.alpha",
-                "encoder1.blocks.0.high.moe.router.weight",
+                "encoder2.blocks.0.split.alpha",
+                "encoder2.blocks.0.high.moe.router.weight",
                 "bottleneck.blocks.0.split.alpha",
+                "skip1.refine.0.pw1.weight",
                 KeyCondition.has_any(
                     "head.conv.weight",
                     "head_dysample.to_img.weight",
@@ -40,19 +41,17 @@ class HyReSRArch(Architecture[HyReSR]):
         # What tensor shapes cannot tell is stored as integers in "hyresr_meta" (the
         # three ratios in thousandths; the model checks the whole entry again when the
         # weights are loaded, so a wrong reading below cannot go unnoticed):
-        #   format 2: [2, out_ch, window, overlap, ffn_ratio, expert_ratio]
-        #   format 1: [1, scale, in_ch, out_ch, window, overlap, ffn_ratio, expert_ratio]
+        #   format 3: [3, out_ch, window, overlap, ffn_ratio, expert_ratio]
         # out_ch is stored because the pixel-shuffle head's out_ch * scale**2 channels
-        # are ambiguous (16 = 1 x 4**2 = 4 x 2**2).
+        # are ambiguous (16 = 1 x 4**2 = 4 x 2**2). Formats 1 and 2 were network v1,
+        # which computes differently (plain skips, per-stage window shifts).
         meta = [int(v) for v in state_dict["hyresr_meta"].tolist()]
-        if meta[0] > FORMAT_VERSION:
+        if meta[0] != FORMAT_VERSION:
             raise ValueError(
-                f"HyReSR checkpoint format {meta[0]} is newer than this version of"
-                f" spandrel supports ({FORMAT_VERSION})"
+                f"HyReSR checkpoint format {meta[0]} is not supported by this version of"
+                f" spandrel (format {FORMAT_VERSION})"
             )
-        out_ch, window, overlap_m, ffn_m, expert_m = (
-            meta[3:8] if meta[0] == 1 else meta[1:6]
-        )
+        out_ch, window, overlap_m, ffn_m, expert_m = meta[1:6]
         overlap = overlap_m / 1000
         ffn_ratio = ffn_m / 1000
         expert_ratio = expert_m / 1000
@@ -70,7 +69,10 @@ class HyReSRArch(Architecture[HyReSR]):
             get_seq_len(state_dict, "encoder2.blocks"),
             get_seq_len(state_dict, "bottleneck.blocks"),
         )
-        block = "encoder1.blocks.0"  # every block has the same layout
+        # NAF blocks only at full resolution (restoration variants), hybrid blocks below
+        full_res_naf = "encoder1.blocks.0.norm1.weight" in state_dict
+        msg_depth = get_seq_len(state_dict, "skip1.refine")
+        block = "encoder2.blocks.0"  # every hybrid block has the same layout
         experts = state_dict[f"{block}.high.moe.router.weight"].shape[0]
         low_depth = get_seq_len(state_dict, f"{block}.low.blocks")
         high_depth = get_seq_len(state_dict, f"{block}.high.attns")
@@ -84,8 +86,10 @@ class HyReSRArch(Architecture[HyReSR]):
         upsampler: Literal["pixelshuffle", "dysample"]
         if "head_dysample.to_img.weight" in state_dict:
             upsampler = "dysample"
-            # a 1x1 conv to 2 * scale**2 sampling offsets
-            scale_sq = state_dict["head_dysample.offset.weight"].shape[0] // 2
+            # a 1x1 conv to 2 * groups * scale**2 sampling offsets
+            scale_sq = state_dict["head_dysample.offset.weight"].shape[0] // (
+                2 * DySampleHead.groups
+            )
         else:
             upsampler = "pixelshuffle"
             # a 3x3 conv to out_ch * scale**2 channels, then PixelShuffle(scale)
@@ -105,6 +109,8 @@ class HyReSRArch(Architecture[HyReSR]):
             ffn_ratio=ffn_ratio,
             low_depth=low_depth,
             high_depth=high_depth,
+            msg_depth=msg_depth,
+            full_res_naf=full_res_naf,
             global_mix=global_mix,
             kernel_size=kernel_size,
             upsampler=upsampler,
