@@ -187,3 +187,29 @@ def test_peer_configs_match_their_published_sizes():
         torch.manual_seed(0)
         n = zoo.count_params(zoo.build(name, 4))
         assert lo <= n <= hi, (name, n)
+
+
+def test_quality_merge_reports_goal_margins_of_runs_made_in_parallel(tmp_path):
+    import quality
+
+    def run(name: str, models: dict[str, tuple[float, float]]) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        rows = [{"task": "x4", "scale": 4, "sigma": 0.0, "model": m, "params": 1000, "iters": 2000, "set": s,
+                 "psnr_y": p, "ssim_y": 0.8, "train_s": 1.0, "s_per_iter": 0.1, "wall_s": 2.0, "cpu_s": 2.0,
+                 "moe_loads": "", "cached": m in ("SPAN", "SAFMN")}
+                for m, pair in models.items() for s, p in zip(("Set5", "Set14"), pair)]
+        quality.write_csv(d / "quality.csv", rows)
+        return d
+
+    peers = run("peers", {"SPAN": (30.0, 27.0), "SAFMN": (29.0, 26.5)})
+    ours = run("ours", {"hyresr_tiny": (30.25, 27.1)})
+    assert quality.main(["--merge", str(peers), str(ours), "--out", str(tmp_path / "merged")]) == 0
+    summary = {(r["peer"], r["set"]): r for r in csv.DictReader((tmp_path / "merged" / "quality_summary.csv").open())}
+    assert set(summary) == {("SPAN", "Set5"), ("SPAN", "Set14"), ("SAFMN", "Set5"), ("SAFMN", "Set14")}
+    # goal: >= 0.2 dB on every set; +0.25 meets it, +0.10 (above the peer, below the goal) does not
+    assert float(summary["SPAN", "Set5"]["delta_db"]) == pytest.approx(0.25)
+    assert summary["SPAN", "Set5"]["status"] == "met" and summary["SPAN", "Set14"]["status"] == "MISSED"
+    assert summary["SAFMN", "Set14"]["status"] == "met"
+    md = (tmp_path / "merged" / "quality.md").read_text()
+    assert "| cached |" in md and "| trained |" in md and "standard profile" not in md
