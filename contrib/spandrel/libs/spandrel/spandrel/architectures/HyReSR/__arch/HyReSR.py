@@ -674,7 +674,7 @@ class NAFStage(nn.Module):
         self.blocks = nn.Sequential(*[NAFBlock(dim) for _ in range(depth)])
 
     def geometries(self, x: Tensor, *others: Stage) -> dict[bool, WindowGeometry]:
-        return others[0].geometries(x) if others else {}
+        return {}  # its partner at full resolution is a NAFStage too
 
     def forward(self, x: Tensor, geos: dict[bool, WindowGeometry] | None = None) -> Tensor:
         return self.blocks(x)
@@ -915,7 +915,7 @@ class HyReSR(nn.Module):
         if key not in state_dict:
             missing_keys.append(key)
         else:
-            theirs = [int(v) for v in state_dict[key].flatten().tolist()]
+            theirs = _meta_list(state_dict[key])
             if theirs != self._meta.tolist():
                 unexpected_keys.append(f"{key} {state_dict[key].tolist()} (describes another network: "
                                        f"{_describe_meta(theirs)} vs {_describe_meta(self._meta.tolist())})")
@@ -978,6 +978,10 @@ class HyReSR(nn.Module):
 
 def _milli(x: float) -> int:
     return round(x * 1000)
+
+
+def _meta_list(meta: Tensor) -> list[int]:
+    return [int(v) for v in meta.flatten().tolist()]
 
 
 def _describe_meta(meta: list[int]) -> str:
