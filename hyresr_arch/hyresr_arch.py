@@ -7,8 +7,11 @@ apps) to load its checkpoints.
 
 Data flow (read the classes in this order)::
 
-    input --pad--> stem --> encoder1 --down--> encoder2 --down--> bottleneck (+GlobalMix)
-      --up + skip--> decoder2 --up + skip--> decoder1 --(+ stem)--> head (x scale) --crop--> + upsampled input
+    input --pad--> stem --> encoder1 --down--> encoder2 --down--> ... bottleneck (+GlobalMix)
+      ... --up + skip--> decoder2 --up + skip--> decoder1 --(+ stem)--> head (x scale) --crop--> + upsampled input
+
+    (one encoder/decoder pair per level above the bottleneck: three levels in the SR variants,
+    four in hyresr_rest; ``naf_levels`` top levels use NAF blocks only)
 
     HyReSRBlock:  x --FreqSplit--> low  (half resolution) --NAF gated conv------------\\
                                    high (full resolution) --window attn, FFN, MoE------ Fusion --> reparam conv --> + x
@@ -53,8 +56,8 @@ __all__ = [
 FORMAT_VERSION = 3
 # The last revision of this file that reads formats 1 and 2.
 V1_REVISION = "9f4a82d"
-# The U-Net halves the size twice and FreqSplit halves the bottleneck once more.
-PAD_MULTIPLE = 8
+# U-Net levels (dims/depths entries): a network of L levels pads its input to a multiple of 2**L.
+MAX_LEVELS = 5
 # Finite "minus infinity" for masked logits: safe in fp16 and never NaN for fully masked rows.
 MASK_VALUE = -1e4
 # Learned residual scales start small (near identity) but not at zero, so every weight behind
@@ -670,7 +673,7 @@ class Stage(nn.Module):
 
 
 class NAFStage(nn.Module):
-    """NAF blocks only (no attention, no experts): the full-resolution stages of a restoration
+    """NAF blocks only (no attention, no experts): the top ``naf_levels`` stages of a restoration
     variant, where window attention costs the most and plain gated convs do most of the work."""
 
     shifts: list[bool] = []  # no attention layers
@@ -680,7 +683,7 @@ class NAFStage(nn.Module):
         self.blocks = nn.Sequential(*[NAFBlock(dim) for _ in range(depth)])
 
     def geometries(self, x: Tensor, *others: Stage) -> dict[bool, WindowGeometry]:
-        return {}  # its partner at full resolution is a NAFStage too
+        return {}  # its partner at the same level is a NAFStage too
 
     def forward(self, x: Tensor, geos: dict[bool, WindowGeometry] | None = None) -> Tensor:
         return self.blocks(x)
@@ -822,8 +825,8 @@ class HyReSR(nn.Module):
         in_ch: int = 3,
         out_ch: int = 3,
         scale: int = 4,
-        dims: tuple[int, int, int] = (48, 96, 192),
-        depths: tuple[int, int, int] = (4, 6, 8),
+        dims: tuple[int, ...] = (48, 96, 192),
+        depths: tuple[int, ...] = (4, 6, 8),
         window: int = 8,
         overlap: float = 0.0,
         experts: int = 4,
@@ -832,7 +835,7 @@ class HyReSR(nn.Module):
         low_depth: int = 1,
         high_depth: int = 1,
         msg_depth: int = 1,
-        full_res_naf: bool = False,
+        naf_levels: int = 0,
         global_mix: bool = True,
         kernel_size: int = 13,
         upsampler: Upsampler = "pixelshuffle",
@@ -841,7 +844,7 @@ class HyReSR(nn.Module):
         super().__init__()
         _check_config(in_ch=in_ch, out_ch=out_ch, scale=scale, dims=dims, depths=depths, window=window,
                       overlap=overlap, experts=experts, kernel_size=kernel_size, upsampler=upsampler,
-                      msg_depth=msg_depth, ratios=(overlap, ffn_ratio, expert_ratio))
+                      msg_depth=msg_depth, naf_levels=naf_levels, ratios=(overlap, ffn_ratio, expert_ratio))
         self.in_ch, self.out_ch, self.scale = in_ch, out_ch, scale
         kv_window = window + round(window * overlap)
         # What tensor shapes cannot tell, as integers (ratios in thousandths), saved in the state
@@ -856,45 +859,49 @@ class HyReSR(nn.Module):
                         noise=noise)
         layers = [0]  # attention layers built so far, in forward order: where the next stage's shifts start
 
-        def stage(dim: int, depth: int, mix: bool = False, naf: bool = False) -> Stage | NAFStage:
-            if naf:
-                return NAFStage(dim, depth)
-            built = Stage(dim, depth, first_layer=layers[0], global_mix=mix, **block_kw)
-            layers[0] += depth * high_depth
+        def stage(level: int, mix: bool = False) -> Stage | NAFStage:
+            if level < naf_levels:
+                return NAFStage(dims[level], depths[level])
+            built = Stage(dims[level], depths[level], first_layer=layers[0], global_mix=mix, **block_kw)
+            layers[0] += depths[level] * high_depth
             return built
 
-        d1, d2, d3 = dims
-        self.stem = nn.Conv2d(in_ch, d1, 3, padding=1)
-        self.encoder1 = stage(d1, depths[0], naf=full_res_naf)
-        self.down1 = Downsample(d1, d2)
-        self.encoder2 = stage(d2, depths[1])
-        self.down2 = Downsample(d2, d3)
-        self.bottleneck = stage(d3, depths[2], mix=global_mix)
-        self.up2 = Upsample(d3, d2)
-        self.skip2 = MSGSkip(d2, msg_depth)
-        self.decoder2 = stage(d2, depths[1])
-        self.up1 = Upsample(d2, d1)
-        self.skip1 = MSGSkip(d1, msg_depth)
-        self.decoder1 = stage(d1, depths[0], naf=full_res_naf)
+        # Modules are named by level (encoder1, down1, ..., bottleneck, ..., up1, skip1, decoder1) and
+        # built in forward order, which the shift alternation counts in.
+        self.levels = len(dims)
+        self.pad_multiple = 2**self.levels  # halved levels - 1 times; FreqSplit halves the last once more
+        last = self.levels - 1
+        self.stem = nn.Conv2d(in_ch, dims[0], 3, padding=1)
+        for i in range(last):
+            setattr(self, f"encoder{i + 1}", stage(i))
+            setattr(self, f"down{i + 1}", Downsample(dims[i], dims[i + 1]))
+        self.bottleneck = stage(last, mix=global_mix)
+        for i in reversed(range(last)):
+            setattr(self, f"up{i + 1}", Upsample(dims[i + 1], dims[i]))
+            setattr(self, f"skip{i + 1}", MSGSkip(dims[i], msg_depth))
+            setattr(self, f"decoder{i + 1}", stage(i))
         if upsampler == "dysample":
-            self.head_dysample = DySampleHead(d1, out_ch, scale)
+            self.head_dysample = DySampleHead(dims[0], out_ch, scale)
         else:
-            self.head = PixelShuffleHead(d1, out_ch, scale)
+            self.head = PixelShuffleHead(dims[0], out_ch, scale)
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, self.in_ch)
         h, w = x.shape[-2:]
-        feat = self.stem(_pad_to_multiple(x, PAD_MULTIPLE))  # B, d1, Hp, Wp
-        geo1 = self.encoder1.geometries(feat, self.decoder1)  # shared by the two stages of a resolution
-        e1 = self.encoder1(feat, geo1)
-        e2 = self.down1(e1)  # B, d2, Hp/2, Wp/2
-        geo2 = self.encoder2.geometries(e2, self.decoder2)
-        e2 = self.encoder2(e2, geo2)
-        m = self.bottleneck(self.down2(e2))  # B, d3, Hp/4, Wp/4
-        d2 = self.decoder2(self.skip2(self.up2(m), e2), geo2)
-        d1 = self.decoder1(self.skip1(self.up1(d2), e1), geo1)
+        feat = self.stem(_pad_to_multiple(x, self.pad_multiple))  # B, dims[0], Hp, Wp
+        y, skips = feat, []
+        for i in range(1, self.levels):
+            encoder, decoder = getattr(self, f"encoder{i}"), getattr(self, f"decoder{i}")
+            geo = encoder.geometries(y, decoder)  # shared by the two stages of a resolution
+            y = encoder(y, geo)
+            skips.append((y, geo))
+            y = getattr(self, f"down{i}")(y)  # half the size
+        y = self.bottleneck(y)
+        for i in reversed(range(1, self.levels)):
+            skip, geo = skips.pop()
+            y = getattr(self, f"decoder{i}")(getattr(self, f"skip{i}")(getattr(self, f"up{i}")(y), skip), geo)
         head = self.head_dysample if hasattr(self, "head_dysample") else self.head
-        out = head(d1 + feat)[..., : h * self.scale, : w * self.scale]
+        out = head(y + feat)[..., : h * self.scale, : w * self.scale]
         if self.training:
             self._balance_experts()
         return out + _global_residual(x, self.scale, self.out_ch)
@@ -997,7 +1004,7 @@ def _describe_meta(meta: list[int]) -> str:
 
 
 def _check_config(*, in_ch, out_ch, scale, dims, depths, window, overlap, experts, kernel_size, upsampler,
-                  msg_depth, ratios) -> None:
+                  msg_depth, naf_levels, ratios) -> None:
     if in_ch not in (1, 3, 4) or out_ch not in (1, 3, 4):
         raise ValueError(f"HyReSR supports 1, 3 or 4 channels, got in_ch={in_ch}, out_ch={out_ch}")
     if scale not in (1, 2, 3, 4, 8):
@@ -1009,9 +1016,13 @@ def _check_config(*, in_ch, out_ch, scale, dims, depths, window, overlap, expert
                          f"{DySampleHead.groups}, got scale={scale}, dims[0]={dims[0]}")
     if msg_depth < 1:
         raise ValueError(f"msg_depth (gated conv blocks in each MSG skip) must be >= 1, got {msg_depth}")
-    if len(dims) != 3 or len(depths) != 3 or any(d % 4 for d in dims[1:]) or min(depths) < 1:
-        raise ValueError(f"dims and depths need 3 entries each, dims[1:] multiples of 4, depths >= 1; "
-                         f"got dims={dims}, depths={depths}")
+    if (not 2 <= len(dims) <= MAX_LEVELS or len(depths) != len(dims) or any(d % 4 for d in dims[1:])
+            or min(depths) < 1):
+        raise ValueError(f"dims and depths need one entry per U-Net level (2 to {MAX_LEVELS} levels), dims[1:] "
+                         f"multiples of 4, depths >= 1; got dims={dims}, depths={depths}")
+    if not 0 <= naf_levels < len(dims):
+        raise ValueError(f"naf_levels (levels, from full resolution down, that use NAF blocks only) must be in "
+                         f"[0, {len(dims) - 1}]: the bottleneck is always hybrid; got {naf_levels}")
     if window < 2 or window % 2 or experts < 1 or kernel_size < 3 or kernel_size % 2 == 0:
         raise ValueError("window must be even >= 2, experts >= 1, kernel_size odd >= 3")
     if not 0 <= overlap <= 1 or (window * overlap) % 2:
@@ -1066,9 +1077,9 @@ def fuse(model: nn.Module) -> nn.Module:
 def hyresr_tiny(
     scale: int = 4, *, upscale: int | None = None, in_ch: int = 3, out_ch: int = 3,
     upsampler: Upsampler = "pixelshuffle", noise: bool = False,
-    dims: tuple[int, int, int] = (24, 32, 48), depths: tuple[int, int, int] = (1, 1, 2), window: int = 4,
+    dims: tuple[int, ...] = (24, 32, 48), depths: tuple[int, ...] = (1, 1, 2), window: int = 4,
     overlap: float = 0.0, experts: int = 2, expert_ratio: float = 1.0, ffn_ratio: float = 1.0, low_depth: int = 1,
-    high_depth: int = 1, msg_depth: int = 1, full_res_naf: bool = False, global_mix: bool = False, kernel_size: int = 7,
+    high_depth: int = 1, msg_depth: int = 1, naf_levels: int = 0, global_mix: bool = False, kernel_size: int = 7,
 ) -> HyReSR:
     """<= 300K params at x4: no GlobalMix, 2 experts, small windows."""
     return _build(**locals())
@@ -1077,9 +1088,9 @@ def hyresr_tiny(
 def hyresr_light(
     scale: int = 4, *, upscale: int | None = None, in_ch: int = 3, out_ch: int = 3,
     upsampler: Upsampler = "pixelshuffle", noise: bool = False,
-    dims: tuple[int, int, int] = (40, 48, 64), depths: tuple[int, int, int] = (2, 2, 2), window: int = 8,
+    dims: tuple[int, ...] = (40, 48, 64), depths: tuple[int, ...] = (2, 2, 2), window: int = 8,
     overlap: float = 0.0, experts: int = 3, expert_ratio: float = 1.0, ffn_ratio: float = 1.5, low_depth: int = 1,
-    high_depth: int = 1, msg_depth: int = 1, full_res_naf: bool = False, global_mix: bool = True, kernel_size: int = 9,
+    high_depth: int = 1, msg_depth: int = 1, naf_levels: int = 0, global_mix: bool = True, kernel_size: int = 9,
 ) -> HyReSR:
     """<= SwinIR-light's params at x4 (864K); its capacity sits at full resolution, where SR detail is
     made: two 40-wide blocks per full-resolution stage, two per lower stage."""
@@ -1089,9 +1100,9 @@ def hyresr_light(
 def hyresr(
     scale: int = 4, *, upscale: int | None = None, in_ch: int = 3, out_ch: int = 3,
     upsampler: Upsampler = "pixelshuffle", noise: bool = False,
-    dims: tuple[int, int, int] = (48, 96, 192), depths: tuple[int, int, int] = (4, 6, 8), window: int = 8,
+    dims: tuple[int, ...] = (48, 96, 192), depths: tuple[int, ...] = (4, 6, 8), window: int = 8,
     overlap: float = 0.0, experts: int = 4, expert_ratio: float = 1.0, ffn_ratio: float = 2.0, low_depth: int = 1,
-    high_depth: int = 1, msg_depth: int = 1, full_res_naf: bool = False, global_mix: bool = True, kernel_size: int = 13,
+    high_depth: int = 1, msg_depth: int = 1, naf_levels: int = 0, global_mix: bool = True, kernel_size: int = 13,
 ) -> HyReSR:
     """The draft's default."""
     return _build(**locals())
@@ -1100,9 +1111,9 @@ def hyresr(
 def hyresr_sr(
     scale: int = 4, *, upscale: int | None = None, in_ch: int = 3, out_ch: int = 3,
     upsampler: Upsampler = "pixelshuffle", noise: bool = False,
-    dims: tuple[int, int, int] = (48, 96, 192), depths: tuple[int, int, int] = (4, 6, 8), window: int = 8,
+    dims: tuple[int, ...] = (48, 96, 192), depths: tuple[int, ...] = (4, 6, 8), window: int = 8,
     overlap: float = 0.5, experts: int = 4, expert_ratio: float = 1.0, ffn_ratio: float = 2.0, low_depth: int = 1,
-    high_depth: int = 2, msg_depth: int = 1, full_res_naf: bool = False, global_mix: bool = True, kernel_size: int = 13,
+    high_depth: int = 2, msg_depth: int = 1, naf_levels: int = 0, global_mix: bool = True, kernel_size: int = 13,
 ) -> HyReSR:
     """SR-heavy: overlapping key windows, two attention layers per high path."""
     return _build(**locals())
@@ -1111,11 +1122,13 @@ def hyresr_sr(
 def hyresr_rest(
     scale: int = 4, *, upscale: int | None = None, in_ch: int = 3, out_ch: int = 3,
     upsampler: Upsampler = "pixelshuffle", noise: bool = False,
-    dims: tuple[int, int, int] = (48, 96, 192), depths: tuple[int, int, int] = (4, 6, 8), window: int = 8,
+    dims: tuple[int, ...] = (32, 64, 128, 192, 320), depths: tuple[int, ...] = (2, 2, 2, 2, 4), window: int = 8,
     overlap: float = 0.0, experts: int = 2, expert_ratio: float = 0.5, ffn_ratio: float = 2.0, low_depth: int = 2,
-    high_depth: int = 1, msg_depth: int = 1, full_res_naf: bool = False, global_mix: bool = True, kernel_size: int = 13,
+    high_depth: int = 1, msg_depth: int = 1, naf_levels: int = 3, global_mix: bool = True, kernel_size: int = 13,
 ) -> HyReSR:
-    """Restoration-heavy: deeper low path, fewer and smaller experts."""
+    """Restoration-heavy (x1): a five-level U-Net (down to 1/16, like NAFNet) with NAF blocks in the
+    top three levels and hybrid blocks (attention, experts, GlobalMix) at 1/8 and 1/16, where
+    they are cheap; deeper low path, fewer and smaller experts."""
     return _build(**locals())
 
 
@@ -1128,7 +1141,7 @@ BUILDERS = {f.__name__: f for f in (hyresr_tiny, hyresr_light, hyresr, hyresr_sr
 # (the class is decorated here only in spandrel's copy of this part of the file)
 _DEFAULTS = dict(getattr(HyReSR.__init__, "__wrapped__", HyReSR.__init__).__kwdefaults__)
 _ARCH_KEYS = ("dims", "depths", "window", "overlap", "experts", "expert_ratio", "ffn_ratio", "low_depth",
-              "high_depth", "msg_depth", "full_res_naf", "global_mix", "kernel_size")
+              "high_depth", "msg_depth", "naf_levels", "global_mix", "kernel_size")
 # what each variant sets differently from the HyReSR defaults (read from the builders' signatures)
 VARIANTS: dict[str, dict] = {
     name: {k: v for k, v in fn.__kwdefaults__.items() if k in _ARCH_KEYS and v != _DEFAULTS[k]}
@@ -1207,14 +1220,22 @@ def _strip_prefixes(key: str) -> str:
     return key
 
 
-_TOP_LEVEL = ("hyresr_meta", "stem", "encoder1", "down1", "encoder2", "down2", "bottleneck", "up2", "skip2",
-              "decoder2", "up1", "skip1", "decoder1", "head", "head_dysample")
+_TOP_LEVEL = ("hyresr_meta", "stem", "bottleneck", "head", "head_dysample",
+              *(f"{m}{i}" for i in range(1, MAX_LEVELS) for m in ("encoder", "down", "up", "skip", "decoder")))
 
 
 def _count(sd: dict, prefix: str) -> int:
     """Number of consecutive ``prefix.<i>.`` entries."""
     n = 0
     while any(k.startswith(f"{prefix}.{n}.") for k in sd):
+        n += 1
+    return n
+
+
+def _count_levels(sd: dict, name: str, key: str = "") -> int:
+    """Number of consecutive levels 1, 2, ... with a ``<name><level>.<key>`` entry."""
+    n = 0
+    while any(k.startswith(f"{name}{n + 1}.{key}") for k in sd):
         n += 1
     return n
 
@@ -1227,9 +1248,8 @@ def read_hyperparameters(sd: dict[str, Tensor]) -> tuple[dict, bool]:
     _check_format(meta)
     _, out_ch, window, overlap_m, ffn_m, expert_m = meta
     try:
-        naf = "encoder1.blocks.0.norm1.weight" in sd  # NAF blocks at full resolution
-        b0 = "encoder2.blocks.0"  # a hybrid block in every variant
-        d1 = sd["stem.weight"].shape[0]
+        b0 = "bottleneck.blocks.0"  # hybrid in every network; all hybrid blocks have the same layout
+        downs = _count_levels(sd, "down")
         fused = f"{b0}.reparam.fused.weight" in sd
         dysample = "head_dysample.to_img.weight" in sd
         # the head's channels: out_ch * scale**2 (PixelShuffle) or 2 * groups * scale**2 offsets (DySample)
@@ -1239,8 +1259,8 @@ def read_hyperparameters(sd: dict[str, Tensor]) -> tuple[dict, bool]:
             in_ch=sd["stem.weight"].shape[1],
             out_ch=out_ch,
             scale=math.isqrt(head),
-            dims=(d1, sd["down1.conv.weight"].shape[0] * 4, sd["down2.conv.weight"].shape[0] * 4),
-            depths=tuple(_count(sd, f"{s}.blocks") for s in ("encoder1", "encoder2", "bottleneck")),
+            dims=(sd["stem.weight"].shape[0], *(sd[f"down{i}.conv.weight"].shape[0] * 4 for i in range(1, downs + 1))),
+            depths=(*(_count(sd, f"encoder{i}.blocks") for i in range(1, downs + 1)), _count(sd, "bottleneck.blocks")),
             window=window,
             overlap=overlap_m / 1000,
             experts=sd[f"{b0}.high.moe.router.weight"].shape[0],
@@ -1249,7 +1269,7 @@ def read_hyperparameters(sd: dict[str, Tensor]) -> tuple[dict, bool]:
             low_depth=_count(sd, f"{b0}.low.blocks"),
             high_depth=_count(sd, f"{b0}.high.attns"),
             msg_depth=_count(sd, "skip1.refine"),
-            full_res_naf=naf,
+            naf_levels=_count_levels(sd, "encoder", "blocks.0.norm1.weight"),  # NAF blocks, from the top
             global_mix="bottleneck.global_mix.qkv.weight" in sd,
             kernel_size=sd[f"{b0}.reparam.{'fused' if fused else 'large'}.weight"].shape[-1],
             upsampler="dysample" if dysample else "pixelshuffle",
@@ -1388,7 +1408,7 @@ def register_basicsr() -> None:
 # --------------------------------------------------------------------------------------------
 
 # Sizes any input may have in PyTorch (the network pads internally). The ONNX graph traces the
-# reflect padding, which needs H, W >= 8 there.
+# reflect padding, which needs H, W >= 2**levels there (8 for the three-level variants).
 SUPPORTS_HALF = True
 SUPPORTS_BFLOAT16 = True
 
@@ -1402,8 +1422,8 @@ def _make_spandrel_arch():
             super().__init__(
                 id="HyReSR",
                 detect=KeyCondition.has_all("hyresr_meta", "stem.weight", "down1.conv.weight",
-                                            "encoder2.blocks.0.high.moe.router.weight",
-                                            "encoder2.blocks.0.split.alpha"),
+                                            "bottleneck.blocks.0.high.moe.router.weight",
+                                            "bottleneck.blocks.0.split.alpha"),
             )
 
         def load(self, state_dict) -> ImageModelDescriptor[HyReSR]:

@@ -2,7 +2,8 @@
 
 hyresr_tiny and hyresr_light at two scales each, dynamic batch/height/width, checked at sizes other
 than the traced one (including sizes that are not multiples of the window). fp32 within 1e-3 abs;
-fp16 finite and within 1e-2. The exported graph needs H, W >= 8 (documented, tested).
+fp16 finite and within 1e-2. The exported graph needs H, W >= 8 for three levels, 2**levels in
+general (documented, tested).
 """
 
 from __future__ import annotations
@@ -104,3 +105,25 @@ def test_onnx_minimum_size_is_8(tmp_path):
         assert y.shape == (1, 3, 2 * h, 2 * w)
     with pytest.raises(Exception):
         sess.run(None, {"input": np.zeros((1, 3, 4, 4), np.float32)})
+
+
+def test_onnx_minimum_size_and_tile_grid_follow_the_levels(tmp_path):
+    """A five-level network pads to multiples of 32, so its graph needs H, W >= 32: the export
+    raises smaller verification sizes to that, records it, and the runner edge-pads to it."""
+    from hyresr_arch.tools import runners
+
+    model = perturb(H.hyresr_tiny(scale=1, dims=(16,) * 5, depths=(1,) * 5, naf_levels=3)).eval()
+    out = tmp_path / "m5.onnx"
+    res = export_onnx.export_model(model, out, verify_sizes=[(1, 8, 8), (1, 40, 33)], log=lambda *_: None)
+    assert res["minimum_size"] == 32 and list(res["errors"]) == ["1x3x32x32", "1x3x40x33"]
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert meta["minimum_size"] == "32" and meta["tile_grid"] == str(4 * 2**4)  # window 4, 1/16 level
+    runner = runners.onnx_runner(str(out), "cpu")
+    assert runner.align == 64
+    x = torch.rand(1, 3, 10, 12)
+    with torch.no_grad():  # what the runner computes: the network on the edge-padded 32 x 32 input, cropped
+        ref = model(torch.nn.functional.pad(x, (0, 20, 0, 22), mode="replicate"))[..., :10, :12].clamp(0, 1)
+    y = runner(x)
+    assert y.shape == (1, 3, 10, 12) and (y - ref).abs().max() < 1e-3
+    with pytest.raises(export_onnx.ExportError, match="at least 32x32"):
+        export_onnx.export_model(model, tmp_path / "s.onnx", static=(16, 16), log=lambda *_: None)

@@ -1,5 +1,5 @@
 """Network v2 topology: MSG skips, shift alternation across stages, grouped DySample, NAF
-full-resolution stages."""
+stages in the top levels, U-Nets of 2 to 5 levels."""
 
 from __future__ import annotations
 
@@ -8,29 +8,35 @@ import torch
 import torch.nn.functional as F
 
 from conftest import perturb
-from hyresr_arch import BUILDERS, HyReSR, build_from_state_dict, hyresr_light, hyresr_tiny
+from hyresr_arch import BUILDERS, HyReSR, build_from_state_dict, hyresr_light, hyresr_rest, hyresr_tiny
 from hyresr_arch import hyresr_arch as A
 
-STAGES = ("encoder1", "encoder2", "bottleneck", "decoder2", "decoder1")  # forward order
+
+
+def stages(model: HyReSR) -> list[str]:
+    """Stage names in forward order: encoder1, ..., bottleneck, ..., decoder1."""
+    above = range(1, model.levels)
+    return [f"encoder{i}" for i in above] + ["bottleneck"] + [f"decoder{i}" for i in reversed(above)]
 
 
 # -- (E) MSG skips ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))
-def test_every_variant_refines_both_skips_at_half_resolution(name):
+def test_every_variant_refines_every_skip_at_half_its_resolution(name):
     model = BUILDERS[name](scale=2)
+    skips = [f"skip{i}" for i in range(1, model.levels)]
     seen = {}
     hooks = [getattr(model, s).refine.register_forward_hook(lambda m, i, o, s=s: seen.__setitem__(s, o.shape))
-             for s in ("skip1", "skip2")]
+             for s in skips]
     model.eval()
     with torch.no_grad():
-        model(torch.rand(1, 3, 32, 24))
+        model(torch.rand(1, 3, 64, 96))  # a multiple of every variant's pad multiple (up to 32)
     for h in hooks:
         h.remove()
-    # skip1 sits at full resolution (32 x 24 padded to 32 x 24), skip2 at half: each refines at half of that
-    assert seen["skip1"][-2:] == (16, 12) and seen["skip2"][-2:] == (8, 6)
-    assert all(len(getattr(model, s).refine) == 1 for s in ("skip1", "skip2"))
+    # skip i sits at level i (64 x 96 / 2**(i-1)) and refines at half of that
+    assert {s: seen[s][-2:] for s in skips} == {f"skip{i}": (64 >> i, 96 >> i) for i in range(1, model.levels)}
+    assert all(len(getattr(model, s).refine) == 1 for s in skips)
 
 
 def test_msg_refinement_reaches_the_output_and_learns():
@@ -54,7 +60,7 @@ def test_parameter_budgets_with_msg():
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_attention_layers_alternate_shifts_in_forward_order(name):
     model = BUILDERS[name](scale=4)
-    shifts = [s for stage in STAGES for s in getattr(model, stage).shifts]
+    shifts = [s for stage in stages(model) for s in getattr(model, stage).shifts]
     assert shifts == [i % 2 == 1 for i in range(len(shifts))]
 
 
@@ -68,16 +74,16 @@ def _attention_pair(attn_a, attn_b, x: torch.Tensor, shift_a: bool, shift_b: boo
     return t.view(b, h, w, c)
 
 
-@pytest.mark.parametrize("name", ["hyresr_tiny", "hyresr_light", "hyresr"])
+@pytest.mark.parametrize("name", ["hyresr_tiny", "hyresr_light", "hyresr", "hyresr_rest"])
 def test_information_crosses_a_window_border_in_every_stage(name):
     """For every stage: its first attention layer and the layer before it in forward order (the
     stage's own previous layer or the previous stage's last) move information from one window into
     its neighbour. With two unshifted layers (the v1 pattern of a one-layer stage) the gradient
     across the border is exactly zero, so the check can fail."""
     model = perturb(BUILDERS[name](scale=4))
-    shifts = [s for stage in STAGES for s in getattr(model, stage).shifts]
-    layer = 0
-    for stage_name in STAGES:
+    shifts = [s for stage in stages(model) for s in getattr(model, stage).shifts]
+    layer, controlled = 0, False
+    for stage_name in stages(model):
         stage = getattr(model, stage_name)
         if not stage.shifts:
             continue
@@ -92,7 +98,8 @@ def test_information_crosses_a_window_border_in_every_stage(name):
         out[0, win - 1, win - 1].sum().backward()
         across = x.grad[0, :, win, win].abs().sum().item()
         assert across > 0, f"{stage_name}: no information crossed the window border"
-        if stage_name == "encoder1":  # control: two unshifted layers never cross
+        if not controlled:  # control, in the first attention stage: two unshifted layers never cross
+            controlled = True
             x.grad = None
             _attention_pair(*pair, x, False, False, win, stage.head_dim)[0, win - 1, win - 1].sum().backward()
             assert x.grad[0, :, win, win].abs().sum().item() == 0
@@ -162,10 +169,12 @@ def test_dysample_needs_a_width_divisible_by_its_groups():
         hyresr_tiny(scale=2, upsampler="dysample", dims=(26, 32, 48))
 
 
-# -- NAF full-resolution stages, fuse, read-back ------------------------------------------------
+# -- levels, NAF stages, fuse, read-back --------------------------------------------------------
 
 
-@pytest.mark.parametrize("kw", [dict(upsampler="dysample"), dict(full_res_naf=True, msg_depth=2)])
+@pytest.mark.parametrize("kw", [dict(upsampler="dysample"), dict(naf_levels=1, msg_depth=2),
+                                dict(dims=(24, 32, 48, 64), depths=(1, 1, 1, 1), naf_levels=2),
+                                dict(dims=(24, 32), depths=(1, 2))])
 def test_fused_equals_unfused_and_reads_back(kw):
     model = perturb(hyresr_tiny(scale=2, **kw)).eval()
     x = torch.rand(1, 3, 18, 22)
@@ -178,9 +187,41 @@ def test_fused_equals_unfused_and_reads_back(kw):
         assert torch.allclose(fused(x), ref, atol=1e-5)
 
 
-def test_full_res_naf_stages_have_no_attention_or_experts():
-    model = hyresr_light(scale=1, full_res_naf=True)
+def test_naf_levels_have_no_attention_or_experts():
+    model = hyresr_light(scale=1, naf_levels=1)
     assert isinstance(model.encoder1, A.NAFStage) and isinstance(model.decoder1, A.NAFStage)
     assert not any(isinstance(m, (A.WindowAttention, A.TokenMoE)) for m in model.encoder1.modules())
     assert model.encoder2.shifts[0] is False  # attention starts (unshifted) at half resolution
     assert isinstance(model, HyReSR) and model(torch.rand(1, 3, 12, 12)).shape == (1, 3, 12, 12)
+
+
+def test_hyresr_rest_is_five_levels_with_hybrid_blocks_only_at_the_two_lowest():
+    model = hyresr_rest(scale=1)
+    assert model.levels == 5 and model.pad_multiple == 32
+    kinds = {name: type(getattr(model, name)).__name__ for name in stages(model)}
+    assert kinds == {**{f"{p}{i}": "NAFStage" for p in ("encoder", "decoder") for i in (1, 2, 3)},
+                     "encoder4": "Stage", "decoder4": "Stage", "bottleneck": "Stage"}
+    assert model.bottleneck.global_mix is not None
+    x = torch.rand(1, 3, 37, 50)  # padded to 64 x 64 inside, cropped back
+    model.eval()
+    with torch.no_grad():
+        assert model(x).shape == x.shape
+
+
+def test_levels_change_the_padding_and_the_names():
+    model = hyresr_tiny(scale=2, dims=(24, 32, 48, 64), depths=(1, 1, 1, 1))
+    assert model.levels == 4 and model.pad_multiple == 16
+    names = {n.split(".")[0] for n in model.state_dict()}
+    assert {"encoder3", "down3", "up3", "skip3", "decoder3"} <= names and "encoder4" not in names
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(dims=(24,), depths=(1,)), "2 to 5 levels"),
+    (dict(dims=(24, 32, 48, 64, 96, 128), depths=(1,) * 6), "2 to 5 levels"),
+    (dict(dims=(24, 32, 48), depths=(1, 1)), "one entry per U-Net level"),
+    (dict(naf_levels=3), "the bottleneck is always hybrid"),
+    (dict(naf_levels=-1), "naf_levels"),
+])
+def test_bad_level_configurations_are_named(kw, match):
+    with pytest.raises(ValueError, match=match):
+        hyresr_tiny(scale=2, **kw)

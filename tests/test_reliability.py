@@ -317,9 +317,9 @@ def test_interrupted_upscale_leaves_only_complete_files(tmp_path, ckpt, sig):
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     rng = np.random.default_rng(1)
-    n = 40
+    n = 120  # far more than it finishes before the signal, even when the test process is starved
     for i in range(n):
-        cv2.imwrite(str(src / f"img{i:02d}.png"), rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
+        cv2.imwrite(str(src / f"img{i:03d}.png"), rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(
         [sys.executable, "-m", "hyresr_arch.cli", "upscale", "-m", str(ckpt), str(src), "-o", str(out), "--quiet"],
@@ -338,7 +338,7 @@ def test_interrupted_upscale_leaves_only_complete_files(tmp_path, ckpt, sig):
     assert 0 < len(finals) < n
     for f in finals:
         img = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
-        assert img is not None and img.shape == (96, 96, 3), f.name
+        assert img is not None and img.shape == (128, 128, 3), f.name
     if sig == signal.SIGINT:
         assert not any(".partial" in f.name for f in out.iterdir())
 

@@ -24,13 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoints import CheckpointError, hyperparameters_of, load_model, model_summary
+from .checkpoints import (CheckpointError, hyperparameters_of, load_model, model_summary, onnx_minimum_size,
+                          tile_grid)
 from .files import atomic_path, same_file
 
 DEFAULT_OPSET = 17
 EXPORT_SIZE = (36, 44)  # traced size: not a multiple of 8 on either axis (see module docstring)
 VERIFY_SIZES = ((1, 24, 20), (1, 17, 33), (2, 8, 8), (1, 40, 48))  # (batch, H, W), none = EXPORT_SIZE
-MIN_SIZE = 8
+MIN_SIZE = 8  # for the three-level variants; onnx_minimum_size() gives any model's
 FP32_ATOL = 1e-3
 FP16_ATOL = 1e-2
 
@@ -117,10 +118,11 @@ def export_model(model: torch.nn.Module, out: str | Path, *, fp16: bool = False,
         "input": {0: "batch", 2: "height", 3: "width"},
         "output": {0: "batch", 2: "height_out", 3: "width_out"},
     }
-    if static:
-        sizes = [(1, h, w)]
-    else:
-        sizes = list(verify_sizes)
+    min_size = onnx_minimum_size(hp)
+    if min(h, w) < min_size:
+        raise ExportError(f"this network takes ONNX inputs of at least {min_size}x{min_size}, got {h}x{w}")
+    # sizes below the graph's minimum are raised to it (a five-level network needs 32)
+    sizes = [(1, h, w)] if static else [(b, max(vh, min_size), max(vw, min_size)) for b, vh, vw in verify_sizes]
     atol = atol if atol is not None else (FP16_ATOL if fp16 else FP32_ATOL)
 
     summary = model_summary(reference)
@@ -145,7 +147,8 @@ def export_model(model: torch.nn.Module, out: str | Path, *, fp16: bool = False,
             "window": str(hp.get("window", 8)),
             "fused": "true",
             "precision": "fp16" if fp16 else "fp32",
-            "minimum_size": str(MIN_SIZE),
+            "minimum_size": str(min_size),
+            "tile_grid": str(tile_grid(hp)),
             "range": "0-1",
             "hyperparameters": json.dumps(summary["hyperparameters"], sort_keys=True),
         })
@@ -157,7 +160,7 @@ def export_model(model: torch.nn.Module, out: str | Path, *, fp16: bool = False,
             log(f"  onnxruntime vs PyTorch fp32 at {size}: max abs error {e:.3e}")
         if not worst <= atol:
             raise ExportError(f"{out}: ONNX output differs from PyTorch by {worst:.3e} (> {atol:g}); not written")
-    return {"errors": errors, "max_error": worst, "path": str(out)}
+    return {"errors": errors, "max_error": worst, "path": str(out), "minimum_size": min_size}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -185,6 +188,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"hyresr export-onnx: {e}", file=err)
         return 1
     print(f"max abs error {result['max_error']:.3e} "
-          f"(limit {FP16_ATOL if args.fp16 else FP32_ATOL:g}); minimum input size {MIN_SIZE}x{MIN_SIZE}")
+          f"(limit {FP16_ATOL if args.fp16 else FP32_ATOL:g}); minimum input size "
+          f"{result['minimum_size']}x{result['minimum_size']}")
     print(f"wrote {dst}")
     return 0

@@ -33,7 +33,7 @@ import torch
 
 from . import export_onnx
 from .checkpoints import (CheckpointError, hyperparameter_metadata, load_descriptor, load_model, model_summary,
-                          save_state_dict)
+                          onnx_minimum_size, save_state_dict)
 from .files import atomic_write_bytes, ensure_writable_dir, sha256_of
 from .fuse import fuse_and_check, probe_input, verify_loads
 from .images import Image, match_channels, read_image, to_array, to_tensor, write_image
@@ -146,7 +146,7 @@ def model_card(name: str, model: torch.nn.Module, files: dict[str, dict], args: 
             "variant": s["variant"],
             "params_fused": int(sum(p.numel() for p in model.parameters())),
             "hyperparameters": hp,
-            "onnx_minimum_size": export_onnx.MIN_SIZE,
+            "onnx_minimum_size": onnx_minimum_size(hp),
             "onnx_max_abs_error": onnx_errors,
             "files": {f: info["role"] for f, info in files.items()},
         },
@@ -209,7 +209,7 @@ def build_bundle(ckpt_path: str, name: str, out_dir: Path, args: argparse.Namesp
             res = export_onnx.export_model(fused, stage / fname, fp16=fp16, opset=args.opset, log=log)
             onnx_errors[prec] = res["max_error"]
             add(fname, f"ONNX {prec}, opset {args.opset}, dynamic batch/height/width, input >= "
-                       f"{export_onnx.MIN_SIZE}x{export_onnx.MIN_SIZE}")
+                       f"{res['minimum_size']}x{res['minimum_size']}")
 
         # comparison picture
         comp = comparison_image(fused, args.sample)

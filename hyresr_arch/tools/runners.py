@@ -16,9 +16,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .checkpoints import CheckpointError, load_descriptor, model_kind
+from .checkpoints import CheckpointError, load_descriptor, model_kind, tile_grid
 
-ONNX_MIN_SIZE = 8
+ONNX_MIN_SIZE = 8  # for files without a "minimum_size" entry (three-level networks)
 
 
 def pick_device(name: str | None) -> torch.device:
@@ -59,7 +59,7 @@ def torch_runner(path: str, device: str = "auto", fp16: bool = False, bf16: bool
     desc.to(dev).eval()
     desc.model.to(dtype=dtype)
     hp = getattr(desc.model, "hyperparameters", {}) or {}
-    align = 4 * int(hp.get("window", 8))
+    align = tile_grid(hp)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -86,10 +86,11 @@ def onnx_runner(path: str, device: str = "auto") -> Runner:
     np_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
     in_ch = inp.shape[1] if isinstance(inp.shape[1], int) else 3
     meta = sess.get_modelmeta().custom_metadata_map
+    min_size = int(meta.get("minimum_size", ONNX_MIN_SIZE))
 
     def run(x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        ph, pw = max(0, ONNX_MIN_SIZE - h), max(0, ONNX_MIN_SIZE - w)
+        ph, pw = max(0, min_size - h), max(0, min_size - w)
         if ph or pw:
             x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
         y = sess.run([out.name], {inp.name: x.numpy().astype(np_dtype)})[0]
@@ -100,9 +101,9 @@ def onnx_runner(path: str, device: str = "auto") -> Runner:
     if "scale" in meta:
         scale, out_ch = int(meta["scale"]), int(meta.get("output_channels", in_ch))
     else:  # probe
-        probe = run(torch.zeros(1, in_ch, ONNX_MIN_SIZE, ONNX_MIN_SIZE))
-        scale, out_ch = probe.shape[-1] // ONNX_MIN_SIZE, probe.shape[1]
-    align = 4 * int(meta["window"]) if "window" in meta else 32
+        probe = run(torch.zeros(1, in_ch, min_size, min_size))
+        scale, out_ch = probe.shape[-1] // min_size, probe.shape[1]
+    align = int(meta["tile_grid"]) if "tile_grid" in meta else 4 * int(meta["window"]) if "window" in meta else 32
     return Runner(run, scale, in_ch, out_ch, align, "onnx")
 
 

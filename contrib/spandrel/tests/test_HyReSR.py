@@ -33,7 +33,15 @@ def test_load():
             kernel_size=9,
         ),
         lambda: HyReSR(scale=2, overlap=0.5, high_depth=2),
-        lambda: HyReSR(scale=1, experts=2, expert_ratio=0.5, low_depth=2),
+        lambda: HyReSR(
+            scale=1,
+            dims=(32, 64, 128, 192, 320),
+            depths=(2, 2, 2, 2, 4),
+            experts=2,
+            expert_ratio=0.5,
+            low_depth=2,
+            naf_levels=3,
+        ),
         lambda: HyReSR(
             scale=1,
             dims=(24, 32, 48),

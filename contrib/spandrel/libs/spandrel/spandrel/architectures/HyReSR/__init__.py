@@ -25,9 +25,8 @@ class HyReSRArch(Architecture[HyReSR]):
                 "hyresr_meta",
                 "stem.weight",
                 "down1.conv.weight",
-                "encoder2.blocks.0.split.alpha",
-                "encoder2.blocks.0.high.moe.router.weight",
                 "bottleneck.blocks.0.split.alpha",
+                "bottleneck.blocks.0.high.moe.router.weight",
                 "skip1.refine.0.pw1.weight",
                 KeyCondition.has_any(
                     "head.conv.weight",
@@ -57,22 +56,26 @@ class HyReSRArch(Architecture[HyReSR]):
         expert_ratio = expert_m / 1000
 
         in_ch = state_dict["stem.weight"].shape[1]
+        # U-Net levels: one Downsample (down1, down2, ...) per level above the bottleneck
+        levels = 1
+        while f"down{levels}.conv.weight" in state_dict:
+            levels += 1
         # Downsample: 3x3 conv to dim/4 channels, then PixelUnshuffle(2)
         dims = (
             state_dict["stem.weight"].shape[0],
-            state_dict["down1.conv.weight"].shape[0] * 4,
-            state_dict["down2.conv.weight"].shape[0] * 4,
+            *(state_dict[f"down{i}.conv.weight"].shape[0] * 4 for i in range(1, levels)),
         )
         # the decoder stages mirror the encoder stages
         depths = (
-            get_seq_len(state_dict, "encoder1.blocks"),
-            get_seq_len(state_dict, "encoder2.blocks"),
+            *(get_seq_len(state_dict, f"encoder{i}.blocks") for i in range(1, levels)),
             get_seq_len(state_dict, "bottleneck.blocks"),
         )
-        # NAF blocks only at full resolution (restoration variants), hybrid blocks below
-        full_res_naf = "encoder1.blocks.0.norm1.weight" in state_dict
+        # the top naf_levels levels hold NAF blocks only (restoration), hybrid blocks below
+        naf_levels = 0
+        while f"encoder{naf_levels + 1}.blocks.0.norm1.weight" in state_dict:
+            naf_levels += 1
         msg_depth = get_seq_len(state_dict, "skip1.refine")
-        block = "encoder2.blocks.0"  # every hybrid block has the same layout
+        block = "bottleneck.blocks.0"  # every hybrid block has the same layout
         experts = state_dict[f"{block}.high.moe.router.weight"].shape[0]
         low_depth = get_seq_len(state_dict, f"{block}.low.blocks")
         high_depth = get_seq_len(state_dict, f"{block}.high.attns")
@@ -110,7 +113,7 @@ class HyReSRArch(Architecture[HyReSR]):
             low_depth=low_depth,
             high_depth=high_depth,
             msg_depth=msg_depth,
-            full_res_naf=full_res_naf,
+            naf_levels=naf_levels,
             global_mix=global_mix,
             kernel_size=kernel_size,
             upsampler=upsampler,
@@ -136,7 +139,7 @@ class HyReSRArch(Architecture[HyReSR]):
             scale=scale,
             input_channels=in_ch,
             output_channels=out_ch,
-            # any size: the network pads to a multiple of 8 internally
+            # any size: the network pads to a multiple of 2**levels internally
             size_requirements=SizeRequirements(minimum=1),
             # GlobalMix and channel attention see the whole input: tiles differ slightly
             tiling=ModelTiling.SUPPORTED,
