@@ -147,7 +147,7 @@ def test_model_files_load_through_the_contributed_arch_and_give_the_packs_output
 def test_model_files_are_small_fp16_and_cover_the_cases():
     sizes = {p.name: p.stat().st_size for p in MODELS.glob("*.safetensors")}
     assert set(sizes) == set(C.MODEL_FILES)
-    assert sum(sizes.values()) < 3_000_000, sizes
+    assert sum(sizes.values()) < 3_500_000, sizes
     seen = set()
     for name in C.MODEL_FILES:
         sd = safetensors.torch.load_file(MODELS / name)

@@ -112,7 +112,7 @@ def test_onnx_minimum_size_and_tile_grid_follow_the_levels(tmp_path):
     raises smaller verification sizes to that, records it, and the runner edge-pads to it."""
     from hyresr_arch.tools import runners
 
-    model = perturb(H.hyresr_tiny(scale=1, dims=(16,) * 5, depths=(1,) * 5, naf_levels=3)).eval()
+    model = perturb(H.hyresr_tiny(scale=1, dims=(16,) * 5, depths=(1,) * 5, naf_levels=3, window=4)).eval()
     out = tmp_path / "m5.onnx"
     res = export_onnx.export_model(model, out, verify_sizes=[(1, 8, 8), (1, 40, 33)], log=lambda *_: None)
     assert res["minimum_size"] == 32 and list(res["errors"]) == ["1x3x32x32", "1x3x40x33"]

@@ -27,7 +27,16 @@ NEOSR_FILES = sorted((OPTIONS / "neosr").glob("*.toml"))
 TRAINNER_FILES = sorted((OPTIONS / "traiNNer").glob("*.yml"))
 
 BUILDER_NAMES = {"hyresr_tiny", "hyresr_light", "hyresr", "hyresr_sr", "hyresr_rest"}
-WINDOW_MULTIPLE = 32  # window 8 x the U-Net's two 2x downsamplings
+
+
+def patch_multiple(network_g: dict) -> int:
+    """The LR patch multiple at which no stage pads or masks a window: the variant's window times
+    its lowest level's downsampling (32 for hyresr_light, 24 for hyresr_tiny's 6x6 windows, 128
+    for the five-level hyresr_rest)."""
+    from hyresr_arch import BUILDERS
+
+    hp = {**BUILDERS[network_g["type"]].__kwdefaults__, **network_g}
+    return hp["window"] * 2 ** (len(hp["dims"]) - 1)
 
 
 def _is_gan(path: Path) -> bool:
@@ -82,7 +91,8 @@ def test_basicsr_option_file_passes_basicsr_parse_options(path, tmp_path):
     for phase, ds in opt["datasets"].items():
         assert ds["scale"] == opt["scale"] and ds["io_backend"]["type"] == "disk"
         if phase == "train":
-            assert ds["gt_size"] % (WINDOW_MULTIPLE * opt["scale"]) == 0, "LR patch must be a multiple of 32"
+            multiple = patch_multiple(opt["network_g"])
+            assert ds["gt_size"] % (multiple * opt["scale"]) == 0, f"LR patch must be a multiple of {multiple}"
     if not is_test:
         assert opt["train"]["ema_decay"] > 0
         assert opt["train"]["optim_g"]["type"] == "Adam"  # the only optimizer BasicSR 1.4.2 builds
@@ -122,7 +132,7 @@ def test_neosr_toml_has_neosrs_required_keys(path):
     else:
         train = opt["datasets"]["train"]
         assert {"dataroot_gt", "patch_size", "batch_size"} <= train.keys()
-        assert train["patch_size"] % WINDOW_MULTIPLE == 0
+        assert train["patch_size"] % patch_multiple(opt["network_g"]) == 0
         assert opt["logger"]["total_iter"] > 0 and opt["logger"]["save_checkpoint_freq"] > 0
         assert opt["train"]["ema"] > 0 and "optim_g" in opt["train"]
         assert opt["use_amp"] is True and opt["bfloat16"] is True
@@ -206,7 +216,7 @@ def test_trainner_yaml_passes_the_strict_schema(path):
         _check_struct("dataset", ds, f"{path.name}:datasets.{name}")
         assert "gt_size" not in ds, "traiNNer-redux uses lq_size"
         if "lq_size" in ds:
-            assert ds["lq_size"] % WINDOW_MULTIPLE == 0
+            assert ds["lq_size"] % patch_multiple(opt["network_g"]) == 0
     # network_g is a free dict that traiNNer-redux passes to the builder together with scale=
     assert opt["network_g"]["type"] == opt["network_g"]["type"].lower()
     if "train" in opt:

@@ -300,6 +300,14 @@ def test_checkpoint_writer_failing_mid_write_leaves_nothing(tmp_path, tiny, monk
     assert list(tmp_path.iterdir()) == []
 
 
+def _default_signals() -> None:
+    """In the child before exec: a child inherits ignored and blocked signals, so whatever the test
+    process has set, the CLI starts with SIGINT and SIGTERM as a user's shell would give them."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 def _wait_for(pred, timeout: float) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -323,7 +331,8 @@ def test_interrupted_upscale_leaves_only_complete_files(tmp_path, ckpt, sig):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(
         [sys.executable, "-m", "hyresr_arch.cli", "upscale", "-m", str(ckpt), str(src), "-o", str(out), "--quiet"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        preexec_fn=_default_signals)
     try:
         started = _wait_for(lambda: out.is_dir() and any(f.name.startswith("img") for f in out.iterdir()), 60)
         assert started, "upscale wrote nothing within 60 s"

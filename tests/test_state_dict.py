@@ -29,7 +29,8 @@ def test_round_trip_through_safetensors_gives_identical_model(name, fused, tmp_p
 @pytest.mark.parametrize("kwargs", [
     dict(scale=1, in_ch=1, out_ch=1),
     dict(scale=3, in_ch=4, out_ch=4, noise=True),
-    dict(scale=4, upsampler="dysample", overlap=0.5),
+    dict(scale=4, upsampler="dysample", window=4, overlap=0.5),
+    dict(scale=1, dims=(16, 16, 16, 16, 16), depths=(1, 1, 1, 2, 1), naf_levels=3, msg_depth=2),
     dict(scale=2, in_ch=3, out_ch=1, expert_ratio=0.333, ffn_ratio=1.25, low_depth=2, high_depth=2),
     dict(scale=8, dims=(16, 24, 32), depths=(2, 1, 3), window=6, experts=3, kernel_size=5, global_mix=True),
 ])

@@ -3,7 +3,7 @@
     python contrib/spandrel/make_test_models.py            # writes contrib/spandrel/tests/models/*.safetensors
 
 spandrel's tests load real model files and compare their output with stored images, so the
-contribution ships three small models (fp16 safetensors, about 2.5 MB together):
+contribution ships three small models (fp16 safetensors, about 3 MB together):
 
     2x_HyReSR_tiny_test.safetensors                  hyresr_tiny  x2, pixel-shuffle head
     4x_HyReSR_tiny_test.safetensors                  hyresr_tiny  x4, pixel-shuffle head
