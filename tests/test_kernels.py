@@ -55,8 +55,9 @@ def test_no_host_syncs_in_eval_and_training_forwards(name, dispatch):
 # bounds: network v1 counted 583 / 924 / 2797; v2's MSG skips add ~24 ops each (two per network) and
 # hyresr_light went from 6 to 8 hybrid blocks (its capacity moved to full resolution); hyresr_tiny's
 # 6x6 windows do not divide 64, so every stage pads and masks (746; 4x4 windows counted 677 here; on
-# the CPU MoE path at 72x72, where 6 divides and 4 does not at 1/4, 731 vs 754); hyresr_rest (five levels, 24 NAF blocks, 6 hybrid
-# blocks) counts 1383 here (1455 on the CPU MoE path), NAFNet w24 (its x1 peer) 1461
+# the CPU MoE path at 72x72, where 6 divides and 4 does not at 1/4, 731 vs 754); hyresr_rest (five
+# levels, 24 NAF blocks, 6 hybrid blocks) counts 1383 here (1455 on the CPU MoE path), NAFNet w24
+# (its x1 peer) 1461
 @pytest.mark.parametrize("name, bound", [("hyresr_tiny", 800), ("hyresr_light", 1150), ("hyresr", 2900),
                                          ("hyresr_rest", 1500)])
 def test_fused_eval_forward_op_count(name, bound, dispatch):

@@ -12,7 +12,6 @@ from hyresr_arch import BUILDERS, HyReSR, build_from_state_dict, hyresr_light, h
 from hyresr_arch import hyresr_arch as A
 
 
-
 def stages(model: HyReSR) -> list[str]:
     """Stage names in forward order: encoder1, ..., bottleneck, ..., decoder1."""
     above = range(1, model.levels)

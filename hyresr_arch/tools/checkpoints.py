@@ -169,15 +169,16 @@ def hyperparameters_of(model: torch.nn.Module) -> dict[str, Any]:
     return dict(hp) if isinstance(hp, dict) else {}
 
 
-def onnx_minimum_size(hp: dict[str, Any]) -> int:
-    """Smallest H, W an exported ONNX graph takes: the network reflect-pads to a multiple of
-    2**levels (8 for three levels), and the traced reflect padding needs H, W >= that multiple."""
-    return 2 ** len(hp.get("dims", (0, 0, 0)))
+def onnx_minimum_size(model: torch.nn.Module) -> int:
+    """Smallest H, W an exported ONNX graph takes: the network reflect-pads to its ``pad_multiple``
+    (2**levels: 8 for three levels), and the traced reflect padding needs H, W >= that multiple."""
+    return int(getattr(model, "pad_multiple", 8))
 
 
-def tile_grid(hp: dict[str, Any]) -> int:
-    """Tile starts snap to this grid (input pixels): the attention windows of the lowest level."""
-    return int(hp.get("window", 8)) * 2 ** (len(hp.get("dims", (0, 0, 0))) - 1)
+def tile_grid(model: torch.nn.Module) -> int:
+    """Tile starts snap to this grid (input pixels): the attention windows of the lowest level, which
+    sits at 1 / (pad_multiple / 2) of the input."""
+    return int(hyperparameters_of(model).get("window", 8)) * onnx_minimum_size(model) // 2
 
 
 def _jsonable(value: Any) -> Any:

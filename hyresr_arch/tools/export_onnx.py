@@ -118,7 +118,7 @@ def export_model(model: torch.nn.Module, out: str | Path, *, fp16: bool = False,
         "input": {0: "batch", 2: "height", 3: "width"},
         "output": {0: "batch", 2: "height_out", 3: "width_out"},
     }
-    min_size = onnx_minimum_size(hp)
+    min_size = onnx_minimum_size(model)
     if min(h, w) < min_size:
         raise ExportError(f"this network takes ONNX inputs of at least {min_size}x{min_size}, got {h}x{w}")
     # sizes below the graph's minimum are raised to it (a five-level network needs 32)
@@ -148,7 +148,7 @@ def export_model(model: torch.nn.Module, out: str | Path, *, fp16: bool = False,
             "fused": "true",
             "precision": "fp16" if fp16 else "fp32",
             "minimum_size": str(min_size),
-            "tile_grid": str(tile_grid(hp)),
+            "tile_grid": str(tile_grid(model)),
             "range": "0-1",
             "hyperparameters": json.dumps(summary["hyperparameters"], sort_keys=True),
         })

@@ -146,7 +146,7 @@ def model_card(name: str, model: torch.nn.Module, files: dict[str, dict], args: 
             "variant": s["variant"],
             "params_fused": int(sum(p.numel() for p in model.parameters())),
             "hyperparameters": hp,
-            "onnx_minimum_size": onnx_minimum_size(hp),
+            "onnx_minimum_size": onnx_minimum_size(model),
             "onnx_max_abs_error": onnx_errors,
             "files": {f: info["role"] for f, info in files.items()},
         },

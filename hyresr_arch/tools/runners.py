@@ -58,8 +58,7 @@ def torch_runner(path: str, device: str = "auto", fp16: bool = False, bf16: bool
         raise CheckpointError(f"{path}: this model does not support bf16")
     desc.to(dev).eval()
     desc.model.to(dtype=dtype)
-    hp = getattr(desc.model, "hyperparameters", {}) or {}
-    align = tile_grid(hp)
+    align = tile_grid(desc.model)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():

@@ -9,7 +9,7 @@ Data flow (read the classes in this order)::
       ... --up + skip--> decoder2 --up + skip--> decoder1 --(+ stem)--> head (x scale) --crop--> + upsampled input
 
     (one encoder/decoder pair per level above the bottleneck: three levels in the SR variants,
-    four in hyresr_rest; ``naf_levels`` top levels use NAF blocks only)
+    five in hyresr_rest; ``naf_levels`` top levels use NAF blocks only)
 
     HyReSRBlock:  x --FreqSplit--> low  (half resolution) --NAF gated conv------------\\
                                    high (full resolution) --window attn, FFN, MoE------ Fusion --> reparam conv --> + x
