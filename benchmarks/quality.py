@@ -54,10 +54,13 @@ import zoo  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*meshgrid.*")
 
-SR_MODELS = ["hyresr_tiny", "SPAN", "SAFMN", "hyresr_light", "SwinIR-light", "OmniSR"]
-# (ours, peer, goal: minimum PSNR-Y lead in dB on every validation set; issue 11's goals)
+SR_MODELS = ["hyresr_tiny", "SPAN", "SAFMN", "hyresr_light", "SwinIR-light", "OmniSR", "SAFMN+bilinear",
+             "SPAN+bilinear"]
+# (ours, peer, goal: minimum PSNR-Y lead in dB on every validation set; issue 11's and 19's goals; the
+# "+bilinear" peers are the head-start control: the peer plus HyReSR's bilinear global residual)
 SR_PAIRS = [("hyresr_tiny", "SPAN", 0.2), ("hyresr_tiny", "SAFMN", 0.2), ("hyresr_light", "SwinIR-light", 0.1),
-            ("hyresr_light", "OmniSR", 0.1), ("hyresr_light", "hyresr_tiny", 0.2)]
+            ("hyresr_light", "SPAN", 0.1), ("hyresr_light", "OmniSR", 0.1), ("hyresr_light", "hyresr_tiny", 0.2),
+            ("hyresr_tiny", "SAFMN+bilinear", 0.2), ("hyresr_tiny", "SPAN+bilinear", 0.2)]
 TASKS: dict[str, dict] = {
     "x4": {"scale": 4, "noise": 0.0, "models": SR_MODELS, "pairs": SR_PAIRS},
     "x2": {"scale": 2, "noise": 0.0, "models": SR_MODELS, "pairs": SR_PAIRS},
@@ -68,6 +71,11 @@ TASKS: dict[str, dict] = {
 # idle machine, see docs/BENCHMARKS.md); x1 gets fewer iterations because its models are ~50x
 # larger per pixel and its validation dominates. full: a GPU budget.
 PEER_CACHE = Path(__file__).resolve().parent / "peer_cache"
+# HyReSR rows behind published tables, in the peer cache's format (committed, auditable)
+HYRESR_ROWS = Path(__file__).resolve().parent / "hyresr_rows"
+# the held-out judge set: reported beside Set5/Set14, never used to choose anything (it is not in the
+# learning curves, and nothing in this file reads it back to pick a configuration or checkpoint)
+JUDGE = "Urban100"
 
 PROFILES: dict[str, dict] = {
     # a convergence test, not evidence: see the module docstring
@@ -79,7 +87,28 @@ PROFILES: dict[str, dict] = {
     # 0.2 s/step (hyresr_tiny, SAFMN) to 1.7 s/step (SwinIR-light) at 1 CPU thread
     "standard": {"iters": {"x4": 2000, "x2": 2000, "x1": 1000}, "patch": 32, "batch": 8, "lr": 5e-4,
                  "evals": 8, "curve_set": "Set5", "val_max_side": 0},
+    # issue 19: five times the standard budget (x4 only), Set5/Set14 every 1,000 steps; ~6-8 h of 2 cores
+    # for its five models, so run one process per model (benchmarks/study.py), resumable
+    "long": {"iters": {"x4": 10000}, "patch": 32, "batch": 8, "lr": 5e-4, "evals": 10, "curve_set": "Set5",
+             "val_max_side": 0},
 }
+
+# Training recipes (issue 19). "standard": what the standard profile's claims were made with;
+# "plain": what a new user writes first (plain Adam, cosine from step 0, nothing else).
+RECIPES: dict[str, str] = {
+    "standard": "AdamW (betas 0.9/0.99, wd 1e-4), 5% linear warm-up + cosine to 1%, grad-clip 1.0",
+    "plain": "Adam (betas 0.9/0.99, no weight decay), cosine to 1% from step 0, no clipping",
+}
+
+
+def make_optimizer(recipe: str, params, lr: float) -> torch.optim.Optimizer:
+    if recipe == "plain":
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.99))
+    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=1e-4)
+
+
+def warmup_steps(recipe: str, iters: int) -> int:
+    return 0 if recipe == "plain" else max(1, iters // 20)
 
 
 @dataclass
@@ -181,6 +210,7 @@ def validate(model, images: list[ValImage], scale: int, device: str) -> tuple[fl
 
 
 def lr_at(it: int, iters: int, base: float, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps (none when 0), then cosine from ``base`` to 1% of it."""
     if it < warmup:
         return base * (it + 1) / warmup
     t = (it - warmup) / max(1, iters - warmup)
@@ -188,30 +218,67 @@ def lr_at(it: int, iters: int, base: float, warmup: int) -> float:
 
 
 # bump when train_one's loop changes in a way that changes results: it is part of every cache key
-LOOP_VERSION = 1
+# (2: recipes, a step-0 curve point, curves on every selection set, the judge set after training)
+LOOP_VERSION = 2
 
 
 def _listing(folder: Path) -> list[list]:
     return [[p.name, p.stat().st_size] for p in imgops.list_images(folder)]
 
 
+def network_fingerprint(model_fn) -> dict:
+    """What a HyReSR row depends on besides its settings, without hashing the source file (an edit
+    that computes the same thing keeps the rows valid): the initial parameters under a fixed seed
+    (exact) and the output of those parameters, perturbed, on a fixed input (64 samples, compared
+    with a tolerance in ``same_network``)."""
+    torch.manual_seed(0)
+    model = model_fn()
+    digest = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        digest.update(f"{name}{tuple(p.shape)}".encode())
+        digest.update(p.detach().float().contiguous().numpy().tobytes())
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():  # perturbed: the zero-initialised head would hide the body
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+        out = model.eval()(torch.rand(1, 3, 20, 20, generator=gen)).flatten()
+    probe = out[:: max(1, out.numel() // 64)][:64]
+    return {"init_sha256": digest.hexdigest()[:16], "probe": [round(float(v), 6) for v in probe]}
+
+
+def same_network(a: dict, b: dict, tol: float = 1e-4) -> bool:
+    return a["init_sha256"] == b["init_sha256"] and len(a["probe"]) == len(b["probe"]) and all(
+        abs(x - y) <= tol * (1 + abs(y)) for x, y in zip(a["probe"], b["probe"]))
+
+
 def run_key(name: str, task: str, args) -> tuple[str, dict]:
-    """What a training's result depends on, and its hash. For a peer: its configuration and parameter
-    count; for HyReSR: the architecture file's hash (any edit retrains, so cached HyReSR rows never
-    go stale)."""
+    """What a training's result depends on, and its hash: the task settings, recipe, seed, data, and
+    for a peer its configuration and parameter count; for HyReSR its variant numbers, candidate
+    options and parameter count (whether the network still computes the same is checked against the
+    stored fingerprint when the row is read). The judge set is not part of the key: it is evaluated
+    after training and never changes what is trained."""
     cfg = TASKS[task]
+    model = build_model(name, cfg["scale"], args)
     if name in zoo.PEERS:
-        model_id = {"config": zoo.PEERS[name].config, "params": zoo.count_params(zoo.build(name, cfg["scale"]))}
+        model_id = {"config": zoo.PEERS[name].config, "params": zoo.count_params(model)}
     else:
-        src = Path(zoo.hyresr_module().__file__).with_name("hyresr_arch.py")
-        model_id = {"arch_sha256": hashlib.sha256(src.read_bytes()).hexdigest()}
+        model_id = {"config": {**zoo.hyresr_module().VARIANTS[name], **(getattr(args, "arch_options", None) or {})},
+                    "params": zoo.count_params(model)}
     settings = {"loop": LOOP_VERSION, "task": task, "scale": cfg["scale"], "sigma": cfg["noise"],
                 "iters": args.iters_for[task], "patch": args.patch, "batch": args.batch, "lr": args.lr,
-                "evals": args.evals, "seed": args.seed, "curve_set": args.curve_set, "amp": args.amp,
-                "max_train_images": args.max_train_images, "device": torch.device(args.device).type,
+                "recipe": args.recipe, "evals": args.evals, "seed": args.seed, "curve_sets": args.curve_sets,
+                "amp": args.amp, "max_train_images": args.max_train_images, "device": torch.device(args.device).type,
                 "torch": torch.__version__, "model": name, **model_id, "data": args.data_listing}
-    blob = json.dumps(settings, sort_keys=True)
+    blob = json.dumps(settings, sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:16], settings
+
+
+def build_model(name: str, scale: int, args) -> torch.nn.Module:
+    """A zoo model; HyReSR variants take --arch-options (a candidate configuration) on top."""
+    options = getattr(args, "arch_options", None) or {}
+    if options and name not in zoo.PEERS:
+        return getattr(zoo.hyresr_module(), name)(scale=scale, **options)
+    return zoo.build(name, scale)
 
 
 class Resume:
@@ -242,22 +309,29 @@ class Resume:
         self.path.unlink(missing_ok=True)
 
 
+def _row(task: str, cfg: dict, name: str, params: int, iters: int, set_name: str, p: float, s: float) -> dict:
+    return {"task": task, "scale": cfg["scale"], "sigma": cfg["noise"], "model": name, "params": params,
+            "iters": iters, "set": set_name, "psnr_y": round(p, 4), "ssim_y": round(s, 5)}
+
+
 def train_one(name: str, task: str, cfg: dict, train_pairs, val_sets: dict[str, list[ValImage]], args, log,
-              tag: str = ""):
+              tag: str = "", judge: dict[str, list[ValImage]] | None = None):
+    """Train one model; returns its rows (one per selection set, then the judge set evaluated once on
+    the final weights) and its learning curve (every selection set, from step 0)."""
     scale, sigma = cfg["scale"], cfg["noise"]
+    tag = tag or f"{task}_{name}"
     torch.manual_seed(args.seed)
-    model = zoo.build(name, scale).to(args.device).train()
+    model = build_model(name, scale, args).to(args.device).train()
     params = zoo.count_params(model)
     sampler = PatchSampler(train_pairs, scale, sigma, args.patch, args.batch, args.seed)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.99), weight_decay=1e-4)
+    opt = make_optimizer(args.recipe, trainable, args.lr)
     iters = args.iters_for[task]
-    warmup = max(1, iters // 20)
+    warmup = warmup_steps(args.recipe, iters)
     eval_at = sorted({max(1, round(iters * k / args.evals)) for k in range(1, args.evals + 1)})
     curve, losses = [], []
-    curve_set = args.curve_set if args.curve_set in val_sets else next(iter(val_sets))
     train_time, wall0, cpu0 = 0.0, 0.0, 0.0
-    resume = Resume(args.out / "resume", tag or f"{task}_{name}", args.resume_every)
+    resume = Resume(args.out / "resume", tag, args.resume_every)
     start = 0
     state = resume.load()
     if state is not None:
@@ -269,6 +343,18 @@ def train_one(name: str, task: str, cfg: dict, train_pairs, val_sets: dict[str, 
         train_time, wall0, cpu0 = state["train_time"], state["wall"], state["cpu"]
         log(f"    {name}: resuming at step {start} from {resume.path}")
     t0, c0 = time.time() - wall0, time.process_time() - cpu0
+
+    def evaluate(it: int) -> None:
+        for set_name, images in val_sets.items():
+            p, s = validate(model, images, scale, args.device)
+            curve.append({"task": task, "model": name, "iter": it, "set": set_name, "psnr_y": round(p, 4),
+                          "ssim_y": round(s, 5), "train_l1": round(float(np.mean(losses[-50:])), 5) if losses else "",
+                          "elapsed_s": round(time.time() - t0, 1)})
+        log(f"    {name:14s} it {it:6d}  L1 {curve[-1]['train_l1'] or float('nan'):.4f}  "
+            + "  ".join(f"{c['set']} {c['psnr_y']:.3f}" for c in curve[-len(val_sets):]) + f" dB  ({time.time() - t0:.0f} s)")
+
+    if start == 0:
+        evaluate(0)  # where the model starts: HyReSR's bilinear head start shows here
     for it in range(start, iters):
         for g in opt.param_groups:
             g["lr"] = lr_at(it, iters, args.lr, warmup)
@@ -280,7 +366,8 @@ def train_one(name: str, task: str, cfg: dict, train_pairs, val_sets: dict[str, 
         loss = F.l1_loss(out.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        if args.recipe != "plain":
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         losses.append(loss.item())
         train_time += time.time() - ts
@@ -288,48 +375,94 @@ def train_one(name: str, task: str, cfg: dict, train_pairs, val_sets: dict[str, 
             log(f"    {name}: non-finite loss at iter {it + 1}; stopping")
             break
         if it + 1 in eval_at:
-            p, s = validate(model, val_sets[curve_set], scale, args.device)
-            curve.append({"task": task, "model": name, "iter": it + 1, "set": curve_set, "psnr_y": round(p, 4),
-                          "ssim_y": round(s, 5), "train_l1": round(float(np.mean(losses[-50:])), 5),
-                          "elapsed_s": round(time.time() - t0, 1)})
-            log(f"    {name:14s} it {it + 1:6d}  L1 {curve[-1]['train_l1']:.4f}  {curve_set} {p:.3f} dB"
-                f"  ({time.time() - t0:.0f} s)")
+            evaluate(it + 1)
         resume.save(it + 1, model, opt, sampler, losses, curve, train_time, time.time() - t0, time.process_time() - c0)
     rows = []
     for set_name, images in val_sets.items():
-        last = curve[-1] if curve else None
-        if last and last["iter"] == len(losses) and last["set"] == set_name:  # just evaluated, same weights
-            p, s = last["psnr_y"], last["ssim_y"]
-        else:
-            p, s = validate(model, images, scale, args.device)
-        rows.append({"task": task, "scale": scale, "sigma": sigma, "model": name, "params": params,
-                     "iters": len(losses), "set": set_name, "psnr_y": round(p, 4), "ssim_y": round(s, 5),
-                     "train_s": round(train_time, 1), "s_per_iter": round(train_time / max(1, len(losses)), 4),
-                     "wall_s": round(time.time() - t0, 1), "cpu_s": round(time.process_time() - c0, 1),
-                     "moe_loads": json.dumps(zoo.moe_loads(model)) if name.startswith("hyresr") else ""})
+        last = [c for c in curve if c["iter"] == len(losses) and c["set"] == set_name]
+        p, s = (last[-1]["psnr_y"], last[-1]["ssim_y"]) if last else validate(model, images, scale, args.device)
+        rows.append(_row(task, cfg, name, params, len(losses), set_name, p, s))
+    timing = {"train_s": round(train_time, 1), "s_per_iter": round(train_time / max(1, len(losses)), 4),
+              "wall_s": round(time.time() - t0, 1), "cpu_s": round(time.process_time() - c0, 1),
+              "moe_loads": json.dumps(zoo.moe_loads(model)) if name.startswith("hyresr") else ""}
+    rows = [{**r, **timing} for r in rows]
+    weights = args.out / "weights" / f"{tag}.pth"
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), weights)  # final weights: a later evaluation needs no retraining
+    rows += judge_rows(model, judge or {}, task, cfg, name, params, len(losses), timing, args)
     resume.done()
     return rows, curve
 
 
-def cached_or_trained(name: str, task: str, cfg: dict, train_pairs, val_sets, args, log):
-    """Peer rows come from benchmarks/peer_cache/ when a file with the same key is there; otherwise
-    (and for HyReSR always) the model is trained, and a peer's result is stored for the next run."""
+def judge_rows(model, judge: dict[str, list[ValImage]], task: str, cfg: dict, name: str, params: int, iters: int,
+               timing: dict, args) -> list[dict]:
+    """The held-out judge set, evaluated once on final weights (nothing reads it to choose anything)."""
+    return [{**_row(task, cfg, name, params, iters, set_name, *validate(model, images, cfg["scale"], args.device)),
+             **timing} for set_name, images in judge.items()]
+
+
+def _git_revision() -> str:
+    import subprocess
+
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=zoo.REPO, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=zoo.REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev + ("+uncommitted" if dirty else "") if rev else "?"
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+def row_file(name: str, task: str, args) -> tuple[Path, str, dict]:
     key, settings = run_key(name, task, args)
-    cache_file = args.peer_cache / f"{task}_{name}_{key}.json"
-    use_cache = name in zoo.PEERS and not args.no_peer_cache
-    if use_cache and cache_file.exists():
-        entry = json.loads(cache_file.read_text())
-        log(f"    {name}: cached result {cache_file.name} (trained {entry['date']}, {entry['rows'][0]['wall_s']:.0f} s wall)")
-        for r in entry["rows"]:
-            r["cached"] = True
-        return entry["rows"], entry["curve"]
-    rows, curve = train_one(name, task, cfg, train_pairs, val_sets, args, log, tag=f"{task}_{name}_{key}")
-    if use_cache and rows and rows[0]["iters"] == args.iters_for[task]:
-        args.peer_cache.mkdir(parents=True, exist_ok=True)
+    folder = args.peer_cache if name in zoo.PEERS else args.hyresr_rows
+    return folder / f"{task}_{name}_{key}.json", key, settings
+
+
+def cached_or_trained(name: str, task: str, cfg: dict, train_pairs, val_sets, args, log, judge=None):
+    """Rows come from a row file (benchmarks/peer_cache/ for peers, benchmarks/hyresr_rows/ for HyReSR)
+    when one with the same key is there (and, for HyReSR, the network still computes what it computed
+    then); otherwise the model is trained and its rows are stored for the next run and for audit.
+    A stored row without the judge set gets it from the run's saved final weights where they exist."""
+    path, key, settings = row_file(name, task, args)
+    tag = f"{task}_{name}_{key}"
+    fingerprint = None if name in zoo.PEERS else network_fingerprint(lambda: build_model(name, cfg["scale"], args))
+    if not args.no_peer_cache and path.exists():
+        entry = json.loads(path.read_text())
+        if fingerprint is not None and not same_network(entry.get("fingerprint", {"init_sha256": ""}), fingerprint):
+            log(f"    {name}: {path.name} was made by a network that computes differently; retraining")
+        else:
+            missing = [s for s in (judge or {}) if s not in {r["set"] for r in entry["rows"]}]
+            weights = args.out / "weights" / f"{tag}.pth"
+            if missing and weights.exists():
+                model = build_model(name, cfg["scale"], args).to(args.device)
+                model.load_state_dict(torch.load(weights, map_location=args.device, weights_only=True))
+                r0 = entry["rows"][0]
+                timing = {k: r0[k] for k in ("train_s", "s_per_iter", "wall_s", "cpu_s", "moe_loads") if k in r0}
+                entry["rows"] += judge_rows(model, {s: judge[s] for s in missing}, task, cfg, name, r0["params"],
+                                            r0["iters"], timing, args)
+                path.write_text(json.dumps(entry, indent=1) + "\n")
+                log(f"    {name}: added {', '.join(missing)} to {path.name} from {weights}")
+            elif missing:
+                log(f"    {name}: {path.name} has no {', '.join(missing)} rows and {weights} is not here")
+            log(f"    {name}: stored result {path.name} (trained {entry['date']}, {entry['rows'][0]['wall_s']:.0f} s wall)")
+            for r in entry["rows"]:
+                r["cached"] = True
+            return entry["rows"], entry["curve"]
+    rows, curve = train_one(name, task, cfg, train_pairs, val_sets, args, log, tag=tag, judge=judge)
+    if not args.no_peer_cache and rows and rows[0]["iters"] == args.iters_for[task]:
+        path.parent.mkdir(parents=True, exist_ok=True)
         entry = {"key": key, "settings": settings, "machine": zoo.machine_info(args.device),
-                 "date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows, "curve": curve}
-        cache_file.write_text(json.dumps(entry, indent=1) + "\n")
-        log(f"    {name}: stored {cache_file}")
+                 "date": time.strftime("%Y-%m-%d %H:%M"), "revision": _git_revision(),
+                 "judge": {s: _listing(args.judge) for s in (judge or {})} if judge else {},
+                 "rows": rows, "curve": curve}
+        if fingerprint is not None:
+            src = Path(zoo.hyresr_module().__file__).with_name("hyresr_arch.py")
+            entry["fingerprint"] = fingerprint
+            entry["arch_sha256"] = hashlib.sha256(src.read_bytes()).hexdigest()
+        path.write_text(json.dumps(entry, indent=1) + "\n")
+        log(f"    {name}: stored {path}")
     for r in rows:
         r["cached"] = False
     return rows, curve
@@ -367,8 +500,9 @@ def plot_curves(curves: list[dict], png: Path, title: str) -> Path | None:
         return None
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
+        shown = next((c["set"] for c in curves if c["task"] == task), "")
         for model in dict.fromkeys(c["model"] for c in curves if c["task"] == task):
-            pts = [c for c in curves if c["task"] == task and c["model"] == model]
+            pts = [c for c in curves if c["task"] == task and c["model"] == model and c["set"] == shown]
             ax.plot([c["iter"] for c in pts], [c["psnr_y"] for c in pts], marker="o",
                     lw=2.2 if model.startswith("hyresr") else 1.2, ls="-" if model.startswith("hyresr") else "--",
                     label=model)
@@ -450,13 +584,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--evals", type=int, default=None, help="learning-curve points per training")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recipe", choices=list(RECIPES), default="standard", help="; ".join(f"{k}: {v}" for k, v in RECIPES.items()))
+    p.add_argument("--judge", type=Path, default=None,
+                   help=f"held-out judge set, evaluated once after training, never used to choose anything "
+                        f"(default: ../shared/data/val_{JUDGE} unless --no-default-val)")
+    p.add_argument("--no-judge", action="store_true", help="do not evaluate the judge set (candidate selection runs)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--arch-options", type=json.loads, default=None, metavar="JSON",
+                   help='HyReSR builder overrides for a candidate configuration, e.g. \'{"dims": [48, 48, 64]}\'')
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (same for every model)")
     p.add_argument("--max-train-images", type=int, default=0, help="use only the first N training images")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     p.add_argument("--cache", type=Path, default=None)
     p.add_argument("--peer-cache", type=Path, default=PEER_CACHE, help="folder of cached peer rows")
-    p.add_argument("--no-peer-cache", action="store_true", help="retrain the peers instead of reading their rows")
+    p.add_argument("--hyresr-rows", type=Path, default=HYRESR_ROWS, help="folder of stored HyReSR rows")
+    p.add_argument("--no-peer-cache", "--retrain", action="store_true",
+                   help="retrain instead of reading stored rows (and store nothing)")
     p.add_argument("--resume-every", type=int, default=250, help="save a resume checkpoint every N steps (0: off)")
     p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="DIR",
                    help="only write one report (into --out) from the CSVs of earlier runs' output folders")
@@ -469,6 +612,9 @@ def main(argv: list[str] | None = None) -> int:
     for t in tasks:
         if t not in TASKS:
             raise SystemExit(f"unknown task {t!r}; choose from {', '.join(TASKS)}")
+    unknown = [t for t in tasks if t not in prof["iters"]]
+    if unknown:
+        raise SystemExit(f"profile {args.profile!r} has no task {', '.join(unknown)} (it defines {', '.join(prof['iters'])})")
     args.iters_for = {t: (args.iters or prof["iters"][t]) for t in tasks}
     args.patch = args.patch or prof["patch"]
     args.batch = args.batch or prof["batch"]
@@ -481,7 +627,11 @@ def main(argv: list[str] | None = None) -> int:
     cache = args.cache or args.out / "cache"
     val_dirs = [] if args.no_default_val else [zoo.DATA / "val_Set5", zoo.DATA / "val_Set14"]
     val_dirs += args.val
-    missing = [d for d in [args.train, *val_dirs] if not d.is_dir()]
+    args.curve_sets = [d.name.replace("val_", "") for d in val_dirs]  # every selection set, every eval point
+    if args.judge is None and not args.no_default_val:
+        args.judge = zoo.DATA / f"val_{JUDGE}"
+    judge_dirs = [] if args.no_judge or args.judge is None else [args.judge]
+    missing = [d for d in [args.train, *val_dirs, *judge_dirs] if not d.is_dir()]
     if missing:
         print(f"SKIP: data folder(s) not found: {', '.join(map(str, missing))} "
               f"(expected ../shared/data beside the repo, see ../shared/data/README.md, or pass --train/--val)")
@@ -499,8 +649,8 @@ def main(argv: list[str] | None = None) -> int:
         logf.flush()
 
     log(f"# {command}\n# {info}\n# profile {args.profile}: iters {args.iters_for}, patch {args.patch}, "
-        f"batch {args.batch}, AdamW lr {args.lr} (wd 1e-4, betas 0.9/0.99), warm-up 5% + cosine to 1%, "
-        f"L1, grad-clip 1.0, seed {args.seed}" + ("\n# quick profile: a convergence test (how fast each model leaves its "
+        f"batch {args.batch}, lr {args.lr}, recipe {args.recipe}: {RECIPES[args.recipe]}, L1, seed {args.seed}"
+        + (f"\n# judge set (held out, evaluated once after training): {args.judge}" if judge_dirs else "") + ("\n# quick profile: a convergence test (how fast each model leaves its "
                                                   "start), not evidence of quality; use --profile standard" if args.profile == "quick" else ""))
     rows, curves = [], []
     t_all = time.time()
@@ -514,11 +664,12 @@ def main(argv: list[str] | None = None) -> int:
             train_pairs = train_pairs[: args.max_train_images]
         val_sets = {d.name.replace("val_", ""): load_val(d, cfg["scale"], cfg["noise"], cache, prof["val_max_side"])
                     for d in val_dirs}
+        judge = {d.name.replace("val_", ""): load_val(d, cfg["scale"], cfg["noise"], cache) for d in judge_dirs}
         log(f"[{task}] {len(train_pairs)} train images, val {', '.join(f'{k} ({len(v)})' for k, v in val_sets.items())}"
             f", data ready in {time.time() - t_task:.0f} s")
         for name in names:
             try:
-                r, c = cached_or_trained(name, task, cfg, train_pairs, val_sets, args, log)
+                r, c = cached_or_trained(name, task, cfg, train_pairs, val_sets, args, log, judge)
             except Exception as err:  # noqa: BLE001
                 log(f"    {name}: FAILED {type(err).__name__}: {err}")
                 continue
@@ -532,7 +683,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"[{task}] done in {time.time() - t_task:.0f} s")
     header = [f"- command: `{command}`", f"- machine: {info}",
               f"- schedule: iters {args.iters_for}, input patch {args.patch}, batch {args.batch}, AdamW lr {args.lr}, "
-              f"warm-up 5% + cosine, L1, grad-clip 1.0, seed {args.seed}; total {time.time() - t_all:.0f} s"]
+              f"recipe {args.recipe} ({RECIPES[args.recipe]}), L1, seed {args.seed}; total {time.time() - t_all:.0f} s"]
     png = write_report(args.out, rows, curves, tasks, args.profile, header, command)
     log(f"total {time.time() - t_all:.0f} s; wrote {args.out / 'quality.csv'}, quality.md" + (f", {png}" if png else ""))
     logf.close()

@@ -64,6 +64,7 @@ class Peer:
     build: Callable[[int], nn.Module]
     config: str
     scales: tuple[int, ...] = (2, 3, 4)
+    control: bool = False  # a training control (quality.py), not an architecture of its own
 
 
 def _span(s: int) -> nn.Module:
@@ -151,9 +152,30 @@ def _nafnet(s: int) -> nn.Module:
     return _nafnet_width(nafnet_width())
 
 
+class BilinearHeadStart(nn.Module):
+    """The head-start control (issue 19): a peer plus the bilinear upscale of its input, the global
+    residual HyReSR adds, so the peer starts near bilinear as HyReSR does."""
+
+    def __init__(self, peer: nn.Module, scale: int) -> None:
+        super().__init__()
+        self.peer, self.scale = peer, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up = torch.nn.functional.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        return self.peer(x) + up
+
+
+def _head_start(build: Callable[[int], nn.Module]) -> Callable[[int], nn.Module]:
+    return lambda s: BilinearHeadStart(build(s), s)
+
+
 PEERS: dict[str, Peer] = {
     "SPAN": Peer(_span, "feature_channels=48 (the NTIRE23 ESR SPAN)"),
     "SAFMN": Peer(_safmn, "dim=36, n_blocks=8, ffn_scale=2.0 (SAFMN, ICCV23)"),
+    "SPAN+bilinear": Peer(_head_start(_span), "SPAN feature_channels=48 + bilinear global residual (head-start control)",
+                          control=True),
+    "SAFMN+bilinear": Peer(_head_start(_safmn), "SAFMN dim=36, n_blocks=8, ffn_scale=2.0 + bilinear global residual "
+                                                "(head-start control)", control=True),
     "OmniSR": Peer(_omnisr, "num_feat=64, res_num=5, block_num=1, window_size=8, pe=True (official)"),
     "SeemoRe-T": Peer(_seemore_t, "embedding_dim=36, num_layers=6, num_experts=3, topk=1, lr_space=exp, "
                                   "recursive=2, global_kernel_size=11, use_shuffle=True (SeemoRe-T)"),
@@ -206,7 +228,7 @@ def fuse_model(model: nn.Module) -> nn.Module:
 
 def all_model_names(scale: int) -> list[str]:
     """Default model list for a scale: HyReSR variants then peers supporting that scale."""
-    return list(HYRESR_NAMES) + [n for n, p in PEERS.items() if scale in p.scales]
+    return list(HYRESR_NAMES) + [n for n, p in PEERS.items() if scale in p.scales and not p.control]
 
 
 def resolve_models(spec: str | None, scale: int) -> list[str]:
