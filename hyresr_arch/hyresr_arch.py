@@ -404,8 +404,11 @@ class TokenMoE(nn.Module):
             _init_linear_like(self.fc2.weight[:, hidden * e : hidden * (e + 1)], self.fc2_bias[e], hidden)
         self.route_bias = nn.Parameter(torch.zeros(experts), requires_grad=False)
         self.register_buffer("expert_ids", torch.arange(experts), persistent=False)
-        self.register_buffer("pending", torch.zeros(experts), persistent=False)  # training counts to apply
-        self.register_buffer("counts", torch.zeros(experts), persistent=False)  # tokens per expert, last forward
+        # token counters are int64: .half() / .to(dtype) cast only floating buffers (an fp16 count
+        # saturates at 65,504 tokens), and int64 sums are exact; not in the state dict
+        counter = torch.zeros(experts, dtype=torch.long)
+        self.register_buffer("pending", counter.clone(), persistent=False)  # training counts to apply
+        self.register_buffer("counts", counter.clone(), persistent=False)  # tokens per expert, last forward
 
     def forward(self, t: Tensor, residual: Tensor) -> Tensor:  # t: N, C -> residual + MoE(t)
         with torch.autocast(device_type=t.device.type, enabled=False):
@@ -946,12 +949,16 @@ class HyReSR(nn.Module):
         the forward equals updating each layer right after it routed. Under DDP the counts of all
         layers are summed over ranks in one all-reduce, so every rank makes the same update."""
         moes = [m for m in self.modules() if isinstance(m, TokenMoE)]
-        pending = torch.stack([m.pending for m in moes])  # layers, E
+        pending = torch.stack([m.pending for m in moes])  # layers, E (int64 counts)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(pending)
+        # sign(mean - count) as sign(sum - E * count): exact in integers, whatever the token count
+        direction = torch.sign(pending.sum(dim=1, keepdim=True) - pending.shape[1] * pending)
+        bias = moes[0].route_bias  # float32, or the dtype the model was cast to
         rates = {m.balance_rate for m in moes}  # one rate (a tensor of several only when layers differ)
-        rate = rates.pop() if len(rates) == 1 else pending.new_tensor([m.balance_rate for m in moes]).unsqueeze(1)
-        step = rate * torch.sign(pending.mean(dim=1, keepdim=True) - pending)
+        rate = (rates.pop() if len(rates) == 1
+                else torch.tensor([m.balance_rate for m in moes], dtype=bias.dtype, device=bias.device).unsqueeze(1))
+        step = rate * direction.to(bias.dtype)
         torch._foreach_add_([m.route_bias for m in moes], list(step.unbind(0)))
         torch._foreach_zero_([m.pending for m in moes])
 

@@ -164,3 +164,32 @@ def test_moe_state_survives_deepcopy_and_reload():
         expected = [x.route_bias for x in model.modules() if isinstance(x, TokenMoE)]
         assert all(torch.equal(a, b) for a, b in zip(biases, expected))
         assert any(b.abs().sum() > 0 for b in biases)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_token_counters_survive_a_half_precision_cast_beyond_65504_tokens_per_expert(dtype):
+    """.half() / .to(dtype) cast every floating buffer; an fp16 count saturates at 65,504 (inf, then a
+    NaN or zero bias step). The counters are int64, so a cast model counts exactly and balances."""
+    model = hyresr_tiny(scale=2).to(dtype).train()
+    moes = [m for m in model.modules() if isinstance(m, TokenMoE)]
+    assert all(m.pending.dtype == m.counts.dtype == torch.int64 for m in moes)
+    first = moes[0]
+    with torch.no_grad():  # expert 0 takes tokens whose first feature is positive, expert 1 the rest
+        first.router.weight.zero_()
+        first.router.weight[0, 0], first.router.weight[1, 0] = 1.0, -1.0
+        first.router.bias.zero_()
+        t = torch.rand(175_000, first.router.in_features).add_(0.1).to(dtype)
+        t[100_000:, 0] *= -1
+        first(t, residual=t)  # 100,000 and 75,000 tokens: both beyond fp16's largest finite value
+    assert first.counts.tolist() == first.pending.tolist() == [100_000, 75_000]
+    model._balance_experts()  # what the end of a training forward does
+    step = TokenMoE.balance_rate
+    assert first.route_bias.dtype == dtype and torch.isfinite(first.route_bias).all()
+    # the overloaded expert is pushed down, the other up; a layer that saw no tokens stays
+    assert torch.allclose(first.route_bias.float(), torch.tensor([-step, step]), atol=1e-3)
+    assert all(m.route_bias.abs().sum() == 0 for m in moes[1:]) and all(m.pending.sum() == 0 for m in moes)
+    before = [m.route_bias.float().clone() for m in moes]
+    model(torch.rand(1, 3, 16, 16, dtype=dtype))  # a whole training forward of the cast model balances too
+    for m, b in zip(moes, before):  # each layer's bias moved against its own load (not at all if even)
+        expected = torch.sign(m.counts.sum() - m.experts * m.counts).float() * step
+        assert torch.isfinite(m.route_bias).all() and torch.allclose(m.route_bias.float() - b, expected, atol=1e-3)
