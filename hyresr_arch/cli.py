@@ -24,6 +24,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a program stopped by Ctrl-C
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hyresr", description="HyReSR architecture pack tools")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -32,18 +35,43 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(_module=module)
         try:
             importlib.import_module(module).configure(sp)
-        except ModuleNotFoundError as err:  # a subcommand whose optional dependency is missing
-            sp.set_defaults(_missing=str(err))
+        except ImportError as err:  # a subcommand whose optional dependency is missing
+            sp.set_defaults(_missing=err)
     return parser
 
 
+def _missing_line(command: str, err: ImportError) -> str:
+    from hyresr_arch.tools.deps import MissingDependency, missing_message
+
+    if isinstance(err, MissingDependency):
+        return str(err)
+    return missing_message(getattr(err, "name", None) or str(err), f"hyresr {command}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "_missing", None):
-        print(f"hyresr {args.command}: unavailable ({args._missing}); "
-              "install the pack with its extras: pip install -e '.[all]'", file=sys.stderr)
+    command = "hyresr"
+    try:
+        args = build_parser().parse_args(argv)
+        command = f"hyresr {args.command}"
+        if getattr(args, "_missing", None) is not None:
+            print(f"{command}: {_missing_line(args.command, args._missing)}", file=sys.stderr)
+            return 2
+        return int(importlib.import_module(args._module).main(args) or 0)
+    except KeyboardInterrupt:
+        # files being written go to temporary names (removed on the way out), so only complete
+        # outputs are left: say so in one line instead of a traceback
+        atomic = command.split()[-1] in ("upscale", "fuse", "export-onnx", "release")
+        print(f"\n{command}: interrupted (Ctrl-C)"
+              + ("; files already written are complete, nothing half-written was left" if atomic else ""),
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except ImportError as err:
+        from hyresr_arch.tools.deps import MissingDependency
+
+        if not isinstance(err, MissingDependency) and getattr(err, "name", None) is None:
+            raise
+        print(f"{command}: {_missing_line(command.split()[-1], err)}", file=sys.stderr)
         return 2
-    return int(importlib.import_module(args._module).main(args) or 0)
 
 
 if __name__ == "__main__":

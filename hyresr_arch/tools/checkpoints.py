@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .deps import require
 from .files import atomic_path
 
 PTH_EXTS = (".pth", ".pt", ".ckpt", ".bin")
@@ -66,7 +67,27 @@ def _check_readable(path: Path) -> None:
         raise CheckpointError(f"{path}: file is empty")
 
 
+def _describe_non_checkpoint(head: bytes) -> str:
+    """What the first bytes of a file that is not the checkpoint its extension says look like."""
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 32:
+        return "it is a safetensors file (name it .safetensors)"
+    text = head.lstrip(b"\xef\xbb\xbf")
+    if text and all(32 <= b < 127 or b in b"\t\r\n" for b in text):
+        if text.lstrip()[:1] == b"<":
+            return "it is a text file (an HTML page saved instead of the model? download the file itself)"
+        return "it is a text file"
+    return "its first bytes are neither a zip archive's nor a pickle's"
+
+
 def _load_pth(path: Path) -> Any:
+    with open(path, "rb") as f:
+        head = f.read(512)
+    # torch.save writes a zip archive ("PK\x03\x04"); the legacy format is a pickle ("\x80")
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint: {_describe_non_checkpoint(head)}; "
+            f"give the .pth / .safetensors file a trainer wrote"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "Detected pickle protocol 4" noise
@@ -92,6 +113,14 @@ def _load_pth(path: Path) -> Any:
 def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     from safetensors import safe_open
 
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if len(head) >= 9 and head[8:9] != b"{":  # an 8-byte header length, then the JSON header
+        what = ("it is a PyTorch zip archive (name it .pth)" if head.startswith(b"PK\x03\x04")
+                else _describe_non_checkpoint(head))
+        raise CheckpointError(
+            f"{path}: not a safetensors file: {what}; give the .safetensors / .pth file a trainer wrote"
+        )
     try:
         tensors: dict[str, torch.Tensor] = {}
         with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -143,10 +172,46 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     return Checkpoint(p, _plain_state_dict(_load_pth(p), p), {}, "pth")
 
 
+def spandrel_detects(state_dict: dict[str, torch.Tensor]) -> str | None:
+    """The id of the architecture spandrel loads ``state_dict`` as (HyReSR not registered), or
+    None when spandrel is not installed or knows no architecture that fits."""
+    try:
+        import spandrel
+    except ImportError:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return spandrel.ModelLoader().load_from_state_dict(state_dict).architecture.id
+    except Exception:  # noqa: BLE001  (whatever spandrel raises: it cannot tell)
+        return None
+
+
+def not_hyresr_error(path: str | os.PathLike[str], state_dict: dict[str, torch.Tensor],
+                     detected: str | None = None) -> CheckpointError:
+    """The one message every tool gives for a checkpoint of another architecture: what it is when
+    spandrel can tell."""
+    detected = detected or spandrel_detects(state_dict)
+    if detected:
+        what = f"spandrel detects a {detected} model; use it with a tool for that architecture"
+    else:
+        what = "no 'hyresr_meta' / 'stem.weight' keys"
+    return CheckpointError(f"{path}: not a HyReSR state dict ({what})")
+
+
+def is_hyresr_state_dict(state_dict: dict[str, torch.Tensor]) -> bool:
+    """HyReSR writes ``hyresr_meta`` into every state dict; without it the file is something else."""
+    return "hyresr_meta" in state_dict
+
+
 def build_model(ckpt: Checkpoint) -> torch.nn.Module:
     """A HyReSR model (eval mode, CPU, fp32) with the checkpoint's weights loaded."""
     from hyresr_arch import build_from_state_dict
 
+    if not is_hyresr_state_dict(ckpt.state_dict):
+        raise not_hyresr_error(ckpt.path, ckpt.state_dict)
+    if "stem.weight" not in ckpt.state_dict:
+        raise CheckpointError(f"{ckpt.path}: damaged HyReSR state dict: the key 'stem.weight' is missing")
     try:
         model = build_from_state_dict(ckpt.state_dict)
     except ValueError as err:  # HyReSRStateDictError is a ValueError
@@ -227,15 +292,37 @@ def save_state_dict(
     sd = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
     with atomic_path(path) as tmp:
         if kind == "safetensors":
-            from safetensors.torch import save_file
+            from safetensors.torch import save
 
-            save_file(sd, str(tmp), metadata={str(k): str(v) for k, v in (metadata or {}).items()})
+            data = canonical_safetensors(save(sd, metadata={str(k): str(v) for k, v in (metadata or {}).items()}))
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
         elif kind == "pth":
             torch.save({"params": sd}, tmp)
         else:
             raise CheckpointError(f"{path}: cannot save a state dict as {path.suffix}")
         if verify is not None:
             verify(tmp)
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header in one fixed order: ``__metadata__`` first
+    with its keys sorted, then the tensors in data order. safetensors writes the metadata in hash
+    order, which changes from run to run, so identical weights would get a different sha256 each
+    time; the tensor data is not touched."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    ordered: dict[str, Any] = {}
+    meta = header.pop("__metadata__", None)
+    if meta is not None:
+        ordered["__metadata__"] = {k: meta[k] for k in sorted(meta)}
+    for key in sorted(header, key=lambda k: (header[k]["data_offsets"][0], header[k]["data_offsets"][1], k)):
+        ordered[key] = header[key]
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # safetensors pads the header to 8 bytes with spaces
+    return len(text).to_bytes(8, "little") + text + data[8 + n :]
 
 
 def hyperparameter_metadata(model: torch.nn.Module) -> dict[str, str]:
@@ -250,9 +337,10 @@ def hyperparameter_metadata(model: torch.nn.Module) -> dict[str, str]:
     }
 
 
-def spandrel_loader(device: str | torch.device = "cpu"):
-    """A spandrel ModelLoader with HyReSR registered."""
-    import spandrel
+def spandrel_loader(device: str | torch.device = "cpu", purpose: str = "loading a .pth / .safetensors model"):
+    """A spandrel ModelLoader with HyReSR registered (MissingDependency naming the extra when
+    spandrel is not installed)."""
+    spandrel = require("spandrel", purpose)
 
     from hyresr_arch import register_spandrel
 
@@ -266,19 +354,18 @@ def load_descriptor(path: str | os.PathLike[str], device: str | torch.device = "
     We do not call ``ModelLoader.load_from_file``: for ``.pt`` files it tries TorchScript first,
     which is not a data-only format. spandrel still does detection and descriptor filling.
     """
-    ckpt = read_checkpoint(path)
     loader = spandrel_loader(device)
+    ckpt = read_checkpoint(path)
+    if not is_hyresr_state_dict(ckpt.state_dict):
+        raise not_hyresr_error(ckpt.path, ckpt.state_dict)
     try:
         desc = loader.load_from_state_dict(ckpt.state_dict)
     except Exception as err:
-        if "hyresr_meta" in ckpt.state_dict:  # a damaged HyReSR checkpoint: name the missing/wrong key
-            build_model(ckpt)
-        reason = str(err) or "no known architecture matches its keys"
+        build_model(ckpt)  # a damaged HyReSR checkpoint: name the missing/wrong key
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else "no known architecture matches its keys"
         raise CheckpointError(
             f"{ckpt.path}: spandrel cannot load this checkpoint: {type(err).__name__}: {reason}"
         ) from None
     if desc.architecture.id != "HyReSR":
-        raise CheckpointError(
-            f"{ckpt.path}: not a HyReSR checkpoint (spandrel detects a {desc.architecture.id} model)"
-        )
+        raise not_hyresr_error(ckpt.path, ckpt.state_dict, desc.architecture.id)
     return desc, ckpt

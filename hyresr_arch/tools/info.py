@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoints import CheckpointError, load_descriptor, model_kind, model_summary
+from .deps import MissingDependency, require
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -47,8 +48,7 @@ def torch_info(path: str) -> dict[str, Any]:
 
 
 def onnx_info(path: str) -> dict[str, Any]:
-    import onnx
-
+    onnx = require("onnx", "info on an .onnx file")
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{p}: no such file")
@@ -96,7 +96,7 @@ def describe(path: str) -> dict[str, Any]:
 def main(args: argparse.Namespace) -> int:
     try:
         info = describe(args.model)
-    except CheckpointError as e:
+    except (CheckpointError, MissingDependency) as e:
         print(f"hyresr info: {e}", file=sys.stderr)
         return 2
     if args.json:
