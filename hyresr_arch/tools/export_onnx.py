@@ -8,7 +8,9 @@ PyTorch at other sizes, including ones that are not multiples of the window. The
 error is printed; fp32 must stay within 1e-3, fp16 output must be finite and within 1e-2.
 
 Minimum input size of the exported graph: 8 x 8 (the traced reflect padding needs it; PyTorch
-itself takes any size). The file carries this and the scale in its ONNX metadata.
+itself takes any size). The file carries this and the scale in its ONNX metadata. A ``--static``
+graph records its output shape as numbers (1 x C x H*s x W*s), not the exporter's symbolic names.
+Needs onnx and onnxruntime (``pip install "hyresr[onnx]"``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ import torch
 
 from .checkpoints import (CheckpointError, hyperparameters_of, load_model, model_summary, onnx_minimum_size,
                           tile_grid)
+from .deps import MissingDependency, require, require_all
 from .files import atomic_path, same_file
+from .runners import ort_session
 
 DEFAULT_OPSET = 17
 EXPORT_SIZE = (36, 44)  # traced size: not a multiple of 8 on either axis (see module docstring)
@@ -69,9 +73,7 @@ def onnx_file_name(name: str, in_ch: int, fp16: bool, opset: int, static: tuple[
 
 def verify_onnx(path: Path, reference: torch.nn.Module, sizes, in_ch: int, scale: int, seed: int = 0) -> dict:
     """Max abs error of the ONNX file vs the fp32 PyTorch reference at each (batch, H, W)."""
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = ort_session(path)
     inp = sess.get_inputs()[0]
     dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
     g = torch.Generator().manual_seed(seed)
@@ -90,6 +92,13 @@ def verify_onnx(path: Path, reference: torch.nn.Module, sizes, in_ch: int, scale
     return errors
 
 
+def _set_dims(value_info, dims: tuple[int, ...]) -> None:
+    shape = value_info.type.tensor_type.shape
+    for d, n in zip(shape.dim, dims):
+        d.Clear()
+        d.dim_value = n
+
+
 def export_model(model: torch.nn.Module, out: str | Path, *, fp16: bool = False, opset: int = DEFAULT_OPSET,
                  static: tuple[int, int] | None = None, atol: float | None = None,
                  verify_sizes=VERIFY_SIZES, log=print) -> dict:
@@ -98,7 +107,8 @@ def export_model(model: torch.nn.Module, out: str | Path, *, fp16: bool = False,
     Returns ``{"errors": {size: max_abs}, "max_error": float, "path": str}``. Raises ExportError
     (nothing written) if export or verification fails.
     """
-    import onnx
+    onnx = require("onnx", "ONNX export")
+    require_all(("onnxruntime",), "ONNX export (verifying the file)")
 
     out = Path(out)
     hp = hyperparameters_of(model)
@@ -137,6 +147,8 @@ def export_model(model: torch.nn.Module, out: str | Path, *, fp16: bool = False,
             raise ExportError(f"ONNX export failed (opset {opset}): {type(err).__name__}: "
                               f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}") from None
         m = onnx.load(str(tmp))
+        if static:  # the exporter names even fixed output dims ("Addoutput_dim_0"): write the numbers
+            _set_dims(m.graph.output[0], (1, int(model.out_ch), h * scale, w * scale))
         onnx.checker.check_model(m)
         onnx.helper.set_model_props(m, {
             "architecture": "HyReSR",
@@ -173,9 +185,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"hyresr export-onnx: {dst}: output must end in .onnx", file=err)
         return 2
     try:
+        require_all(("onnx", "onnxruntime"), "ONNX export")
         static = parse_static(args.static)
         model, _ = load_model(src)
-    except (CheckpointError, ValueError) as e:
+    except (CheckpointError, ValueError, MissingDependency) as e:
         print(f"hyresr export-onnx: {e}", file=err)
         return 2
     s = model_summary(model)
