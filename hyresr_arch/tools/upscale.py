@@ -16,8 +16,12 @@ plane (fully opaque PNGs) is kept constant without running anything. A 4-channel
 directly. Grey images are fed to colour models as three equal planes and written back as grey.
 
 Every output is written to a temporary name in OUTDIR and renamed when complete. An output path
-that is an input path is refused before anything runs. A bad input image is reported and skipped;
-the others are still written and the exit code is 1.
+that is an input path is refused before anything runs. Inputs, the model file's name and the
+optional package the model needs (spandrel / onnxruntime) are checked before the model is loaded.
+A missing or bad input image is reported once, in one line, and skipped; the others are still
+written and the exit code is 1. OUTDIR (and any parent this run created) is removed again when
+nothing was written into it. ONNX graphs with a fixed input size are run through
+``runners.run_fixed_size`` (padded or cut into windows of that size).
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ import numpy as np
 import torch
 
 from . import images
-from .checkpoints import CheckpointError
+from .checkpoints import CheckpointError, model_kind
+from .deps import MissingDependency, require_all
 from .files import ensure_writable_dir, same_file
 from .images import Image, ImageError, match_channels, to_array, to_tensor
 from .runners import Runner, load_runner
@@ -169,14 +174,54 @@ def output_path(inp: Path, outdir: Path, fmt: str, suffix: str) -> Path:
     return outdir / f"{inp.stem}{suffix}{ext}"
 
 
+def _missing_folders(path: Path) -> list[Path]:
+    """The folders of ``path`` (itself included) that do not exist yet, deepest first."""
+    out = []
+    for d in (path, *path.parents):
+        if d.exists() or d.is_symlink():
+            break
+        out.append(d)
+    return out
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Take back folders this run created when nothing was written into them (deepest first)."""
+    for d in folders:
+        try:
+            d.rmdir()  # only succeeds on an empty folder
+        except OSError:
+            break
+
+
 def main(args: argparse.Namespace) -> int:
     err = sys.stderr
-    inputs = collect_inputs(args.inputs)
-    if not inputs:
-        print("hyresr upscale: no input images", file=err)
-        return EXIT_USAGE
+    say = lambda m: print(f"hyresr upscale: {m}", file=err)  # noqa: E731
     if args.tile < 0 or args.overlap < 0:
-        print("hyresr upscale: --tile and --overlap must be >= 0", file=err)
+        say("--tile and --overlap must be >= 0")
+        return EXIT_USAGE
+    # everything that can be checked without the model is checked first (loading takes seconds)
+    try:
+        kind = model_kind(args.model)
+        if kind == "onnx":
+            require_all(("onnxruntime",), "upscaling with an .onnx model")
+        else:
+            require_all(("spandrel", "torchvision"), "upscaling with a .pth / .safetensors model")
+    except (CheckpointError, MissingDependency) as e:
+        say(e)
+        return EXIT_USAGE
+    if not Path(args.model).is_file():
+        say(f"{args.model}: no such model file")
+        return EXIT_USAGE
+    found = collect_inputs(args.inputs)
+    inputs = [p for p in found if p.is_file()]
+    failures: list[str] = []
+    for p in found:
+        if not p.is_file():
+            say(f"{p}: {'not a file' if p.exists() else 'no such file or folder'}")
+            failures.append(p.name)
+    if not inputs:
+        if not found:
+            say("no input images (give image files or folders holding .png/.jpg/.webp/... files)")
         return EXIT_USAGE
     outdir = Path(args.output)
     plan = [(inp, output_path(inp, outdir, args.format, args.suffix)) for inp in inputs]
@@ -185,52 +230,60 @@ def main(args: argparse.Namespace) -> int:
     for inp, out in plan:
         for other in inputs:
             if same_file(out, other):
-                print(f"hyresr upscale: refusing to write {out}: it is an input file "
-                      "(choose another -o folder or a --suffix)", file=err)
+                say(f"refusing to write {out}: it is an input file (choose another -o folder or a --suffix)")
                 return EXIT_USAGE
         key = str(Path(out).resolve())
         if key in seen:
-            print(f"hyresr upscale: {inp} and {seen[key]} would both be written to {out}", file=err)
+            say(f"{inp} and {seen[key]} would both be written to {out}")
             return EXIT_USAGE
         seen[key] = inp
+    created = _missing_folders(outdir)
     try:
-        ensure_writable_dir(outdir)
-    except OSError as e:
-        print(f"hyresr upscale: {e}", file=err)
-        return EXIT_USAGE
-    try:
-        runner = load_runner(args.model, args.device, args.fp16, args.bf16)
-    except (CheckpointError, ValueError, RuntimeError) as e:
-        print(f"hyresr upscale: {e}", file=err)
-        return EXIT_USAGE
+        try:
+            ensure_writable_dir(outdir)
+            runner = load_runner(args.model, args.device, args.fp16, args.bf16)
+        except (CheckpointError, MissingDependency, ValueError, RuntimeError, OSError) as e:
+            say(e)
+            return EXIT_USAGE
+        return _run(runner, plan, failures, args, outdir)
+    finally:
+        _remove_if_empty(created)  # a run that wrote nothing leaves no empty output folder behind
 
+
+def _run(runner: Runner, plan: list[tuple[Path, Path]], failures: list[str], args: argparse.Namespace,
+         outdir: Path) -> int:
+    """Upscale each (input, output) of ``plan``; ``failures`` holds the inputs already found
+    missing (each reported once, when found)."""
+    err = sys.stderr
+    skipped = len(failures)
     progress = not args.quiet
-    failures: list[str] = []
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(plan), desc="images", unit="img", file=err)
-    for inp, out in plan:
-        try:
-            img = images.read_image(inp)
-            result = upscale_image(runner, img, args.tile, args.overlap, args.alpha, progress, inp.name)
-            images.write_image(out, result)
-        except (ImageError, ValueError, RuntimeError, OSError, MemoryError) as e:
-            msg = str(e) if str(inp) in str(e) else f"{inp}: {e}"
-            failures.append(msg)
-            (bar.write if bar is not None else lambda m: print(m, file=err))(f"error: {msg}")
+    try:
+        for inp, out in plan:
+            try:
+                img = images.read_image(inp)
+                result = upscale_image(runner, img, args.tile, args.overlap, args.alpha, progress, inp.name)
+                images.write_image(out, result)
+            except (ImageError, ValueError, RuntimeError, OSError, MemoryError) as e:
+                msg = str(e) if str(inp) in str(e) else f"{inp}: {e}"
+                failures.append(inp.name)
+                (bar.write if bar is not None else lambda m: print(m, file=err))(f"error: {msg}")
+            if bar is not None:
+                bar.update(1)
+    finally:
         if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    done = len(plan) - len(failures)
-    print(f"upscaled {done}/{len(plan)} image(s) x{runner.scale} into {outdir}", file=err)
+            bar.close()
+    total = len(plan) + skipped
+    done = total - len(failures)
+    line = f"upscaled {done}/{total} image(s) x{runner.scale} into {outdir}"
     if failures:
-        print(f"{len(failures)} failed:", file=err)
-        for m in failures:
-            print(f"  {m}", file=err)
+        print(f"{line}; {len(failures)} failed (each named above)", file=err)
         return EXIT_SOME_FAILED
+    print(line, file=err)
     return EXIT_OK
 
 
