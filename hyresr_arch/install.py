@@ -59,13 +59,16 @@ def plan(host: str) -> list[tuple[Path, str]]:
     return items
 
 
-def install(host: str, root: Path, force: bool = False, out=print) -> int:
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def install(host: str, root: Path, force: bool = False, out=print, err=_stderr) -> int:
     items = plan(host)
     conflicts = [d for s, d in items if (root / d).exists() and not filecmp.cmp(s, root / d, shallow=False)]
     if conflicts and not force:
-        out("refusing to overwrite files that differ from this pack's (use --force to overwrite):")
-        for d in conflicts:
-            out(f"  {root / d}")
+        err(f"hyresr install: refusing to overwrite {len(conflicts)} file(s) that differ from this pack's "
+            f"({', '.join(str(root / d) for d in conflicts)}); give --force to overwrite them")
         return 1
     for src, dest in items:
         target = root / dest

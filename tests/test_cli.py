@@ -304,10 +304,13 @@ def test_release_bundle_is_complete_and_verified(tmp_path, ckpt, capsys):
     card = json.loads((out / "2x-TestModel.json").read_text())
     assert card["architecture"] == "hyresr" and card["scale"] == 2 and card["name"] == "TestModel"
     assert card["inputChannels"] == 3 and card["outputChannels"] == 3 and "hyresr_tiny" in card["size"]
-    assert len(card["resources"]) == 5
+    assert len(card["resources"]) == 4  # the model files; the comparison is under "images"
     for r in card["resources"]:
         f = out / r["urls"][0]
         assert r["size"] == f.stat().st_size and r["sha256"] == files.sha256_of(f)
+    assert card["images"] == [{"type": "standalone", "url": "2x-TestModel_comparison.png"}]
+    for fname, digest in card["hyresr"]["sha256"].items():
+        assert files.sha256_of(out / fname) == digest
     assert checkpoints.load_descriptor(out / "2x-TestModel.safetensors")[0].model.is_fused
     assert not checkpoints.load_descriptor(out / "2x-TestModel_unfused.safetensors")[0].model.is_fused
     for p in ("fp32", "fp16"):

@@ -4,7 +4,8 @@ Reads IN safely (weights_only / safetensors), detects the variant, fuses, compar
 unfused output on a probe input (max abs difference printed; above ``--tol`` nothing is written),
 and writes OUT as .safetensors (hyperparameters as JSON metadata, as traiNNer-redux does) or
 .pth (``{"params": ...}``) by its extension. OUT is loaded back through spandrel before it is moved
-into place. A checkpoint that is already fused is reported as such and written unchanged.
+into place. A checkpoint that is already fused is reported as such and written unchanged
+(``--bench`` then times it alone). A .safetensors OUT is byte-identical for identical inputs.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 from .checkpoints import (CheckpointError, hyperparameter_metadata, load_descriptor, load_model, model_kind,
                           model_summary, save_state_dict)
+from .deps import MissingDependency, require_all
 from .files import same_file
 
 PROBE_SIZE = (37, 29)  # not a multiple of the window: exercises the internal padding
@@ -80,8 +82,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         if model_kind(dst) == "onnx":
             raise CheckpointError(f"{dst}: use `hyresr export-onnx` to write ONNX")
+        require_all(("spandrel", "torchvision"), "checking the fused file (loaded back through spandrel)")
         model, ckpt = load_model(src)
-    except CheckpointError as e:
+    except (CheckpointError, MissingDependency) as e:
         print(f"hyresr fuse: {e}", file=err)
         return 2
     summary = model_summary(model)
@@ -90,6 +93,11 @@ def main(args: argparse.Namespace) -> int:
     if model.is_fused:
         print(f"{src}: already fused; writing it unchanged to {dst} (not fused twice)")
         fused, diff = model, 0.0
+        if args.bench:
+            x = torch.rand(1, model.in_ch, 64, 64)
+            print(f"CPU forward 64x64 ({torch.get_num_threads()} threads): fused {time_forward(model, x) * 1e3:.1f} ms "
+                  f"(no unfused timing to compare: the input is already fused; --bench the training "
+                  f"checkpoint for the speedup)")
     else:
         fused, diff = fuse_and_check(model)
         n_fused = sum(p.numel() for p in fused.parameters())

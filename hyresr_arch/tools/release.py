@@ -7,13 +7,16 @@ DIR (default ``./4x-Name``) receives:
   already fused: the branches cannot be recovered)
 * ``4x-Name_fp32.onnx`` / ``4x-Name_fp16.onnx``  dynamic batch/height/width, opset 17
 * ``4x-Name.json``                 model card in OpenModelDB's shape (``architecture: "hyresr"``,
-  resources with size and sha256 of every file)
-* ``4x-Name_comparison.png``       bicubic | HyReSR | original, on a sample photo (skimage's
-  astronaut, downscaled by the model's scale) or on ``--sample IMAGE`` (bicubic | HyReSR only)
+  ``resources``: the model files with size and sha256; ``images``: the comparison)
+* ``4x-Name_comparison.png``       bicubic | HyReSR | original, on a sample photo (scikit-image's
+  ``chelsea``, one of the quick start's held-out images, never trained on, downscaled by the
+  model's scale) or on ``--sample IMAGE`` (bicubic | HyReSR only)
 
 Everything is built in a temporary folder next to DIR and each file is verified (loaded back by
 spandrel / onnxruntime / the image decoder, compared with the in-memory model) before the files
-are moved into DIR. If anything fails, DIR is not touched.
+are moved into DIR. If anything fails, DIR is not touched. A DIR that already holds a bundle of
+that name is refused before any work unless ``--force`` is given. The ``.safetensors`` files are
+byte-identical for identical inputs (their metadata is written in sorted order).
 """
 
 from __future__ import annotations
@@ -34,10 +37,12 @@ import torch
 from . import export_onnx
 from .checkpoints import (CheckpointError, hyperparameter_metadata, load_descriptor, load_model, model_summary,
                           onnx_minimum_size, save_state_dict)
+from .deps import MissingDependency, require, require_all
 from .files import atomic_write_bytes, ensure_writable_dir, sha256_of
 from .fuse import fuse_and_check, probe_input, verify_loads
 from .images import Image, match_channels, read_image, to_array, to_tensor, write_image
 
+COMPARISON_ROLE = "bicubic vs HyReSR comparison"
 NAME_RE = re.compile(r"^(\d+)x-[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -51,6 +56,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tags", default="", help="comma-separated model card tags, e.g. photo,general-upscaler")
     parser.add_argument("--sample", default=None, metavar="IMAGE", help="low-resolution image for the comparison")
     parser.add_argument("--opset", type=int, default=export_onnx.DEFAULT_OPSET, help="ONNX opset (default 17)")
+    parser.add_argument("--force", action="store_true", help="replace a bundle of the same name already in DIR")
+
+
+# the default comparison photo: one the quick start holds out (never trains on), see demo.py
+DEFAULT_SAMPLE = "chelsea"
+DEFAULT_SAMPLE_CROP = (slice(64, 256), slice(140, 332))  # 192 x 192: eye, nose, whiskers, fur
 
 
 # --------------------------------------------------------------------------- comparison image
@@ -79,9 +90,8 @@ def sample_pair(scale: int, sample: str | None) -> tuple[np.ndarray, np.ndarray 
         c = 96  # centre crop keeps the CPU time small
         y0, x0 = max(0, (h - c) // 2), max(0, (w - c) // 2)
         return np.ascontiguousarray(lr[y0 : y0 + c, x0 : x0 + c]), None
-    from skimage import data
-
-    hr = data.astronaut()[24:216, 144:336].astype(np.float32) / 255  # 192 x 192, the face
+    data = require("skimage.data", "the default comparison sample", "or give --sample IMAGE")
+    hr = getattr(data, DEFAULT_SAMPLE)()[DEFAULT_SAMPLE_CROP].astype(np.float32) / 255
     size = hr.shape[0] // scale
     hr = hr[: size * scale, : size * scale]
     lr = cv2.resize(hr, (size, size), interpolation=cv2.INTER_AREA)
@@ -119,8 +129,11 @@ def model_card(name: str, model: torch.nn.Module, files: dict[str, dict], args: 
     size_tags = [str(s["variant"]), f"{hp['dims'][0]}dim", f"{hp['experts']}experts"]
     if hp.get("upsampler") == "dysample":
         size_tags.append("dysample")
-    resources = []
+    resources, images = [], []
     for fname, info in files.items():
+        if info["role"] == COMPARISON_ROLE:  # OpenModelDB lists example images apart from the files
+            images.append({"type": "standalone", "url": fname})
+            continue
         resources.append({
             "platform": "onnx" if fname.endswith(".onnx") else "pytorch",
             "type": Path(fname).suffix.lstrip("."),
@@ -141,19 +154,31 @@ def model_card(name: str, model: torch.nn.Module, files: dict[str, dict], args: 
         "inputChannels": s["input_channels"],
         "outputChannels": s["output_channels"],
         "resources": resources,
-        "images": [],
-        "hyresr": {  # not an OpenModelDB field: what a loader needs to know
+        "images": images,  # file names, like the urls: replace with links when publishing
+        "hyresr": {  # not an OpenModelDB field: what a loader needs to know, every file's checksum
             "variant": s["variant"],
             "params_fused": int(sum(p.numel() for p in model.parameters())),
             "hyperparameters": hp,
             "onnx_minimum_size": onnx_minimum_size(model),
             "onnx_max_abs_error": onnx_errors,
             "files": {f: info["role"] for f, info in files.items()},
+            "sha256": {f: info["sha256"] for f, info in files.items()},
         },
     }
 
 
 # --------------------------------------------------------------------------- build
+
+
+def bundle_files(name: str) -> list[str]:
+    """Every file name a bundle called ``name`` can have."""
+    return [f"{name}{suffix}" for suffix in (".safetensors", "_unfused.safetensors", "_fp32.onnx", "_fp16.onnx",
+                                             "_comparison.png", ".json")]
+
+
+def existing_bundle(name: str, out_dir: Path) -> list[str]:
+    """The files of a bundle called ``name`` already in ``out_dir``."""
+    return [f for f in bundle_files(name) if (out_dir / f).exists()] if out_dir.is_dir() else []
 
 
 def build_bundle(ckpt_path: str, name: str, out_dir: Path, args: argparse.Namespace, log=print) -> dict:
@@ -216,22 +241,26 @@ def build_bundle(ckpt_path: str, name: str, out_dir: Path, args: argparse.Namesp
         write_image(stage / f"{name}_comparison.png", Image(comp, None, 8))
         if read_image(stage / f"{name}_comparison.png").color.shape[:2] != comp.shape[:2]:
             raise CheckpointError("comparison image did not decode back")
-        add(f"{name}_comparison.png", "bicubic vs HyReSR comparison")
+        add(f"{name}_comparison.png", COMPARISON_ROLE)
 
         # model card last: it lists every other file with size and sha256
         card = model_card(name, fused, files, args, onnx_errors)
         atomic_write_bytes(stage / f"{name}.json", (json.dumps(card, indent=2) + "\n").encode())
         reread = json.loads((stage / f"{name}.json").read_text())
-        for r in reread["resources"]:
-            if sha256_of(stage / r["urls"][0]) != r["sha256"]:
-                raise CheckpointError(f"model card checksum mismatch for {r['urls'][0]}")
+        for fname, digest in reread["hyresr"]["sha256"].items():
+            if sha256_of(stage / fname) != digest:
+                raise CheckpointError(f"model card checksum mismatch for {fname}")
 
-        # everything verified: move into place
+        # everything verified: move into place (with --force, a previous bundle's files that this
+        # one does not have, e.g. _unfused from an earlier unfused input, go too: no stale mix)
         ensure_writable_dir(out_dir)
         written = []
         for fname in [*files, f"{name}.json"]:
             os.replace(stage / fname, out_dir / fname)
             written.append(out_dir / fname)
+        for fname in bundle_files(name):
+            if fname not in files and fname != f"{name}.json" and (out_dir / fname).exists():
+                (out_dir / fname).unlink()
         return {"dir": str(out_dir), "files": [str(p) for p in written], "card": card}
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -240,6 +269,24 @@ def build_bundle(ckpt_path: str, name: str, out_dir: Path, args: argparse.Namesp
 def main(args: argparse.Namespace) -> int:
     err = sys.stderr
     out_dir = Path(args.output) if args.output else Path(args.name)
+    try:
+        require_all(("spandrel", "torchvision", "onnx", "onnxruntime"), "a release bundle")
+        if not args.sample:
+            require_all(("skimage",), "the default comparison sample", "or give --sample IMAGE")
+    except MissingDependency as e:
+        print(f"hyresr release: {e}", file=err)
+        return 2
+    if out_dir.exists() and not out_dir.is_dir():
+        print(f"hyresr release: {out_dir}: exists and is not a folder", file=err)
+        return 2
+    previous = existing_bundle(args.name, out_dir)
+    if previous and not args.force:
+        print(f"hyresr release: {out_dir} already holds a bundle named {args.name} ({', '.join(previous)}); "
+              "give --force to replace it, or another -o folder", file=err)
+        return 2
+    if args.sample and not Path(args.sample).is_file():
+        print(f"hyresr release: --sample {args.sample}: no such file", file=err)
+        return 2
     try:
         result = build_bundle(args.checkpoint, args.name, out_dir, args)
     except (CheckpointError, export_onnx.ExportError, ValueError, OSError) as e:
