@@ -7,7 +7,9 @@
 3. measures PSNR (Y channel, crop_border = scale) of the model and of bicubic on the held-out images;
 4. fuses the re-parameterizable convs, saves the fused weights as .safetensors, and upscales a sample.
 
-Everything goes under ``--out`` (default ``hyresr_demo_out/``).
+Everything goes under ``--out`` (default ``hyresr_demo_out/``). A rerun with the same ``--out``
+replaces the previous run there (it says so when it deletes the previous experiment folder); give
+another ``--out`` to keep both.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ TRAIN_IMAGES = (
     "camera", "brick", "grass", "gravel", "moon", "coins", "cell", "page",
 )
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+RUN_NAME = "demo_hyresr_tiny_x2"  # BasicSR's experiment name: experiments/<RUN_NAME>/ under --out
 TILE = 128  # HR training tiles (BasicSR's extract_subimages habit: small files load fast)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="hyresr_demo_out", help="output folder (default: %(default)s)")
+    parser.add_argument("--out", default="hyresr_demo_out",
+                        help="output folder (default: %(default)s); a rerun replaces the previous run in it")
     parser.add_argument("--data", default=None,
                         help="folder of your own HR images (>= 3 images; the last 2, sorted by name, are held out); "
                              "default: the sample photos bundled with scikit-image")
@@ -237,10 +241,45 @@ def fuse_and_save(model, lr_rgb, path: Path):
     return after, int(abs(before.astype(int) - after.astype(int)).max())
 
 
+# -- a rerun ----------------------------------------------------------------------------------------
+
+def replace_previous_run(out: Path, keep: str | None = None, log=print) -> list[Path]:
+    """A rerun starts clean and says so: the previous run's generated dataset (``data/``) and its
+    BasicSR experiment folder (BasicSR would rename that to *_archived_<time> and keep every old run)
+    are deleted; the option file, checkpoint copies, ``sample/`` and ``demo_result.json`` are
+    overwritten by this run. ``keep`` (the user's --data folder) is never deleted. Returns what was
+    deleted."""
+    import shutil
+
+    keep_path = Path(keep).resolve() if keep else None
+    gone = []
+    for folder in (out / "data", out / "experiments" / RUN_NAME):
+        if not folder.exists():
+            continue
+        if keep_path is not None and (keep_path == folder.resolve() or folder.resolve() in keep_path.parents):
+            continue
+        gone.append(folder)
+    if gone:
+        log(f"[hyresr demo] a previous run is in {out}: deleting {' and '.join(str(g) for g in gone)}; "
+            f"this run replaces it (give --out DIR to keep a run)")
+        for folder in gone:
+            shutil.rmtree(folder)
+    return gone
+
+
 # -- main -----------------------------------------------------------------------------------------
 
 def main(args: argparse.Namespace) -> int:
     t0 = time.time()
+    from hyresr_arch.tools.deps import MissingDependency, require_all
+
+    try:
+        require_all(("basicsr", "yaml"), "the quick start (hyresr demo)")
+        if not args.data:
+            require_all(("skimage",), "the quick start's sample photos", "or give --data DIR")
+    except MissingDependency as e:
+        print(f"hyresr demo: {e}", file=sys.stderr)
+        return 2
     import torch
 
     if args.threads:
@@ -255,7 +294,8 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     data_dir = out / "data"
-    name = "demo_hyresr_tiny_x2"
+    name = RUN_NAME
+    replace_previous_run(out, args.data)
 
     print(f"[hyresr demo] 1/4 making the dataset in {data_dir}", flush=True)
     info = make_dataset(data_dir, args.data)
@@ -267,10 +307,6 @@ def main(args: argparse.Namespace) -> int:
     opt_path.write_text("# written by `hyresr demo`: BasicSR 1.4.2 option file, hyresr_tiny x2 on CPU\n"
                         + yaml.safe_dump(opt, sort_keys=False))
     exp_dir = out / "experiments" / name
-    if exp_dir.exists():  # BasicSR would rename it to *_archived_<time>; start clean instead
-        import shutil
-
-        shutil.rmtree(exp_dir)
 
     print(f"[hyresr demo] 2/4 training hyresr_tiny x2 for {args.iters} iterations through BasicSR's "
           f"train_pipeline ({opt_path}); BasicSR logs every {opt['logger']['print_freq']} iterations", flush=True)
