@@ -1,8 +1,11 @@
 """Efficiency of every HyReSR variant (unfused + fused) against the field's architectures, in ONE run.
 
 Per model, on the same input: parameters (total, active per token for MoE, deploy), GMACs
-(torch.utils.flop_counter.FlopCounterMode at a fixed LR size; MACs = FLOPs / 2; only matmul-like ops
-are counted: conv, linear, bmm, scaled-dot-product attention), median latency after warm-up with the
+(torch.utils.flop_counter.FlopCounterMode at a fixed LR size plus the ops it misses: torch._grouped_mm
+and the CPU SDPA kernel; MACs = FLOPs / 2; only matmul-like ops are counted: conv, linear, bmm,
+grouped GEMM, scaled-dot-product attention; HyReSR's TokenMoE counted both ways: top-1, each token
+through its chosen expert (the grouped path), and dense, every expert on every token (the path CUDA
+fp32/fp16, ONNX and torch.compile run)), median latency after warm-up with the
 models timed round-robin inside each repeat (interleaved), peak activation memory, and the ratio of
 each latency to a named reference peer measured in the same run (absolute times drift on shared
 machines; the ratios are what the targets are judged on). Also the scaling of HyReSR's latency and
@@ -37,6 +40,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gpu_model  # noqa: E402
 import zoo  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*meshgrid.*")
@@ -66,7 +70,8 @@ class Entry:
     params: int = 0
     active: int = 0
     deploy: int = 0
-    gmacs: float = float("nan")
+    gmacs: float = float("nan")  # TokenMoE top-1 (grouped path)
+    gmacs_dense: float = float("nan")  # TokenMoE dense path (every expert on every token)
     times: dict[str, list[float]] = field(default_factory=dict)  # mode -> per-repeat seconds
     memory_mb: dict[str, float] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
@@ -97,12 +102,54 @@ def deploy_params(model: nn.Module) -> int:
     return n
 
 
-def gmacs(model: nn.Module, x: torch.Tensor) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
+MOE_PATHS = ("top1", "dense")
 
-    with nograd(), FlopCounterMode(display=False) as counter:
+
+class moe_path:  # noqa: N801 - a context manager used like a function
+    """Run every HyReSR TokenMoE of ``model`` in one dispatch form: "top1" (the grouped path: each
+    token through its chosen expert only) or "dense" (every expert on every token, unchosen hidden
+    units zeroed). Same output either way; restores the previous setting on exit."""
+
+    def __init__(self, model: nn.Module, path: str) -> None:
+        if path not in MOE_PATHS:
+            raise ValueError(f"path must be one of {MOE_PATHS}")
+        self.path = path
+        self.moes = [m for m in model.modules() if type(m).__name__ == "TokenMoE"]
+        self.saved: list[tuple[nn.Module, object]] = []
+
+    def __enter__(self) -> "moe_path":
+        for m in self.moes:
+            self.saved.append((m, m.__dict__.get("dispatch", None)))
+            m.dispatch = "grouped" if self.path == "top1" else "dense"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for m, old in self.saved:
+            if old is None:
+                m.__dict__.pop("dispatch", None)
+            else:
+                m.dispatch = old
+        self.saved.clear()
+
+
+def gmacs(model: nn.Module, x: torch.Tensor, path: str = "top1") -> float:
+    """GMACs of one forward (FLOPs / 2 / 1e9): FlopCounterMode plus torch._grouped_mm and the CPU
+    SDPA kernel (torch's counter misses both). ``path``: how TokenMoE layers are counted, "top1"
+    (grouped path) or "dense"; models without TokenMoE give the same number either way."""
+    with moe_path(model, path) as ctx, nograd(), gpu_model.flop_counter() as counter:
         model(x)
+    if ctx.moes and path == "top1" and hasattr(torch.ops.aten, "_grouped_mm"):
+        ran = counter.get_flop_counts()["Global"].get(torch.ops.aten._grouped_mm, 0)
+        if not ran:
+            raise RuntimeError("top-1 count: the TokenMoE layers did not take the grouped path")
     return counter.get_total_flops() / 2 / 1e9
+
+
+def gmacs_both(model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
+    """(top-1, dense) GMACs; equal for models without TokenMoE."""
+    top1 = gmacs(model, x, "top1")
+    has_moe = any(type(m).__name__ == "TokenMoE" for m in model.modules())
+    return top1, (gmacs(model, x, "dense") if has_moe else top1)
 
 
 def peak_memory_mb(model: nn.Module, x: torch.Tensor) -> float:
@@ -253,17 +300,17 @@ def scaling(entries: list[Entry], ref: str, sizes: list[int], scale: int, repeat
     rows = []
     for s in sizes:
         x = torch.rand(1, 3, s, s, generator=torch.Generator().manual_seed(1))
-        macs = {}
+        macs, macs_dense = {}, {}
         for n, m in models.items():
             try:
-                macs[n] = gmacs(m, x)
+                macs[n], macs_dense[n] = gmacs_both(m, x)
             except Exception as err:  # noqa: BLE001
                 log(f"  scaling gmacs {n} @{s}: {err}")
-                macs[n] = float("nan")
+                macs[n] = macs_dense[n] = float("nan")
         dev_models = {n: m.to(device) for n, m in models.items()}
         times = time_interleaved(dev_models, x.to(device), repeats, 1, device)
         for n in models:
-            rows.append({"size": s, "model": n, "gmacs": round(macs[n], 4),
+            rows.append({"size": s, "model": n, "gmacs": round(macs[n], 4), "gmacs_dense": round(macs_dense[n], 4),
                          "median_ms": round(1e3 * statistics.median(times[n]), 3),
                          f"ratio_vs_{ref}": round(paired_ratio(times[n], times[ref]), 3) if ref in times else ""})
         log(f"  scaling {s}x{s}: " + ", ".join(f"{n} {1e3 * statistics.median(t):.1f} ms" for n, t in times.items()))
@@ -284,7 +331,7 @@ def write_outputs(args, entries, modes, ref, target_rows, scale_rows, out: Path,
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / f"efficiency_{tag}.csv"
     fields = ["model", "base", "fused", "params", "active_params", "deploy_params", f"gmacs_{args.size}",
-              "mode", "median_ms", f"ratio_vs_{ref}", "peak_mem_mb", "repeats", "error", "config"]
+              f"gmacs_dense_{args.size}", "mode", "median_ms", f"ratio_vs_{ref}", "peak_mem_mb", "repeats", "error", "config"]
     rows = []
     for e in entries:
         for mode in modes:
@@ -294,7 +341,8 @@ def write_outputs(args, entries, modes, ref, target_rows, scale_rows, out: Path,
             rows.append({
                 "model": e.name, "base": e.base, "fused": "" if e.fused is None else e.fused,
                 "params": e.params, "active_params": e.active, "deploy_params": e.deploy,
-                f"gmacs_{args.size}": round(e.gmacs, 4), "mode": mode,
+                f"gmacs_{args.size}": round(e.gmacs, 4), f"gmacs_dense_{args.size}": round(e.gmacs_dense, 4),
+                "mode": mode,
                 "median_ms": round(1e3 * statistics.median(t), 3) if t else "",
                 f"ratio_vs_{ref}": round(ratio, 3) if not math.isnan(ratio) else "",
                 "peak_mem_mb": round(e.memory_mb[mode], 2) if mode in e.memory_mb else "",
@@ -313,28 +361,31 @@ def write_outputs(args, entries, modes, ref, target_rows, scale_rows, out: Path,
     md = [f"# Efficiency ({tag})", "", f"- command: `{command}`", f"- machine: {info}",
           f"- input: 1x3x{args.size}x{args.size}, x{args.scale}; {args.repeats} interleaved repeats after "
           f"{args.warmup} warm-up, under torch.{_ctx[0].__name__}; latency ratio = median over repeats of t/t({ref}) in the same repeat",
-          "- GMACs: FlopCounterMode FLOPs/2 (conv/linear/matmul/attention only); memory: "
+          "- GMACs: FlopCounterMode FLOPs/2 + torch._grouped_mm + CPU SDPA (conv/linear/matmul/grouped GEMM/"
+          "attention only); TokenMoE counted top-1 (grouped path) / dense (every expert, the CUDA fp32/fp16, ONNX "
+          "and compile path); memory: "
           + ("CUDA max_memory_allocated delta" if args.device.startswith("cuda")
              else "peak live tensor bytes of one forward from torch.profiler memory events (weights excluded)"),
           "- params: total / active per token (TokenMoE: all experts but the routed top-1 removed) / deployed "
           "graph (SPAN: fused Conv3XC only)", ""]
     for mode in modes:
         md += [f"## {args.device} {mode}", "",
-               f"| model | params | active | deploy | GMACs@{args.size} | median ms | x {ref} | peak MB |",
+               f"| model | params | active | deploy | GMACs@{args.size} top-1 / dense | median ms | x {ref} | peak MB |",
                "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in (r for r in rows if r["mode"] == mode):
             lat = r["median_ms"] if r["median_ms"] != "" else f"({r['error'][:40]})"
             md.append(f"| {r['model']} | {r['params']:,} | {r['active_params']:,} | {r['deploy_params']:,} | "
-                      f"{r[f'gmacs_{args.size}']} | {lat} | {r[f'ratio_vs_{ref}']} | {r['peak_mem_mb']} |")
+                      f"{r[f'gmacs_{args.size}']} / {r[f'gmacs_dense_{args.size}']} | {lat} | {r[f'ratio_vs_{ref}']} | "
+                      f"{r['peak_mem_mb']} |")
         md.append("")
     md += [f"## Targets ({args.device} {modes[0]}, x{args.scale}, {args.size}x{args.size})", "",
            "| target | measured | limit | status |", "|---|---:|---:|---|"]
     md += [f"| {t['target']} | {t['value']} | {t['limit']} | {t['status']} |" for t in target_rows]
     if scale_rows:
         md += ["", f"## Scaling ({args.device} {modes[0]}, fused)", "",
-               f"| size | model | GMACs | median ms | x {ref} | GMACs x | latency x | pixels x |",
+               f"| size | model | GMACs top-1 / dense | median ms | x {ref} | GMACs x | latency x | pixels x |",
                "|---:|---|---:|---:|---:|---:|---:|---:|"]
-        md += [f"| {r['size']} | {r['model']} | {r['gmacs']} | {r['median_ms']} | {r[f'ratio_vs_{ref}']} | "
+        md += [f"| {r['size']} | {r['model']} | {r['gmacs']} / {r['gmacs_dense']} | {r['median_ms']} | {r[f'ratio_vs_{ref}']} | "
                f"{r['gmacs_x_vs_first']} | {r['latency_x_vs_first']} | {r['pixels_x_vs_first']} |"
                for r in scale_rows]
     md_path = out / f"efficiency_{tag}.md"
@@ -453,9 +504,9 @@ def main(argv: list[str] | None = None) -> int:
         args.ref = entries[0].name
     x0 = torch.rand(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
 
-    for e in entries:  # GMACs and output check on CPU fp32
+    for e in entries:  # GMACs (TokenMoE top-1 and dense) and output check on CPU fp32
         try:
-            e.gmacs = gmacs(e.model, x0)
+            e.gmacs, e.gmacs_dense = gmacs_both(e.model, x0)
         except Exception as err:  # noqa: BLE001
             e.errors["gmacs"] = f"{type(err).__name__}: {err}"
             log(f"  gmacs failed for {e.name}: {err}")
