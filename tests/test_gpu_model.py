@@ -307,3 +307,17 @@ def test_gpu_check_runs_the_table_first_within_its_time_caps():
     assert sum(int(re.match(r"\s*timeout (\d+)", ln).group(1)) for ln in stages) <= 460  # < 8 min with setup
     names = set(gm.DEFAULT_MEASURE)
     assert {"span_s", "safmn", "omnisr", "swinir_s"} <= names and set(gm.zoo.HYRESR_NAMES) <= names
+
+
+def test_update_docs_replaces_only_the_generated_block(tmp_path):
+    doc = tmp_path / "B.md"
+    doc.write_text(f"# B\n\nintro\n\n{gm.DOCS_HEADING} - CPU trace, 2000-01-01\n\nold table\n\n### next\n\nkept\n")
+    assert gm.update_docs("new table\n", doc)
+    text = doc.read_text()
+    assert "old table" not in text and "new table" in text and "2000-01-01" not in text
+    assert text.startswith("# B\n\nintro\n\n") and text.endswith("\n### next\n\nkept\n")
+    doc.write_text(f"# B\n\n{gm.DOCS_HEADING} - x\n\nold\n")  # the block at the end of the file
+    assert gm.update_docs("new\n", doc) and doc.read_text().endswith("-->\nnew\n")
+    other = tmp_path / "C.md"
+    other.write_text("# nothing here\n")
+    assert not gm.update_docs("x", other)
