@@ -33,6 +33,40 @@ def perturbed(model: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch
     return perturb(model, std=std, seed=seed).eval()
 
 
+def _per_expert(moe: torch.nn.Module, name: str, grad: torch.Tensor) -> torch.Tensor:
+    """Each expert's share of a stacked expert weight's gradient, one row per expert."""
+    if name == "fc2.weight":  # C, E*H: expert e owns columns [He, H(e+1))
+        return grad.view(grad.shape[0], moe.experts, -1).transpose(0, 1).reshape(moe.experts, -1)
+    return grad.reshape(moe.experts, -1)  # fc1 rows [2He, 2H(e+1)), fc2_bias row e
+
+
+def assert_nonzero_gradients(model: torch.nn.Module) -> None:
+    """After a training forward + backward: every trainable parameter has a finite gradient that is
+    not all zero. The stated exception is the MoE: an expert that got no tokens in that forward
+    (``TokenMoE.counts``) has exactly zero gradients in its slices of the stacked expert weights
+    (the one-hot gate), and every expert that got tokens has nonzero ones; with a single expert the
+    gate is a constant 1, so that router gets a zero gradient."""
+    done: set[int] = set()
+    for prefix, moe in model.named_modules():
+        if type(moe).__name__ != "TokenMoE":
+            continue
+        chosen = moe.counts > 0
+        for name in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2_bias"):
+            p = moe.get_parameter(name)
+            assert p.grad is not None and torch.isfinite(p.grad).all(), f"{prefix}.{name}"
+            nonzero = _per_expert(moe, name, p.grad).abs().sum(dim=1) > 0
+            assert torch.equal(nonzero, chosen), f"{prefix}.{name}: gradient {nonzero.tolist()}, tokens {chosen.tolist()}"
+            done.add(id(p))
+        if moe.experts == 1:
+            done.update(id(p) for p in moe.router.parameters() if p.grad is not None)
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            assert name.endswith("route_bias"), f"{name} is frozen"
+        elif id(p) not in done:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), f"{name}: no or non-finite gradient"
+            assert p.grad.abs().sum() > 0, f"{name}: all-zero gradient"
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

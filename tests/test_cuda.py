@@ -1,7 +1,7 @@
 """CUDA precision checks: fp16/bf16 inference and short AMP training, as the hosts run them
 (traiNNer-redux/neosr: autocast + GradScaler for fp16, autocast alone for bf16, channels_last).
 
-Skipped on machines without CUDA (the CPU half-precision paths are covered in test_network.py and
+Skipped on machines without CUDA (the CPU half-precision paths are covered in test_precision.py and
 test_training_state.py). On a GPU machine they run with the default suite: `bash scripts/test.sh`.
 """
 
