@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHARED_DATA, perturb
+from conftest import SHARED_DATA, assert_nonzero_gradients, perturb
 from hyresr_arch import BUILDERS, ReparamLargeKernelConv, build_from_state_dict, fuse, hyresr_light, hyresr_tiny
 
 
@@ -61,7 +61,7 @@ def test_fused_model_has_fewer_parameters_and_still_trains():
     assert sum(p.numel() for p in model.parameters()) < n_unfused
     out = model(torch.rand(1, 3, 16, 16))
     out.mean().backward()
-    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert_nonzero_gradients(model)  # nonzero everywhere but in unchosen experts (conftest)
 
 
 def test_reparam_conv_fuse_matches_reference_convolution():

@@ -224,6 +224,7 @@ def test_supports_half_and_bfloat16_are_true_claims(upsampler, size):
     """The descriptor claims fp16/bf16; prove it: the cast model (plain .to(dtype), no autocast, as
     chaiNNer does) runs and stays close to fp32. The wide DySample case catches sampling grids
     computed in low precision (bf16 cannot address pixels of a 1200 px row)."""
+    torch.manual_seed(0)
     model = perturb(H.hyresr_tiny(scale=4 if upsampler == "dysample" else 2, upsampler=upsampler))
     x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():
@@ -236,7 +237,10 @@ def test_supports_half_and_bfloat16_are_true_claims(upsampler, size):
         out = desc(x.to(dtype)).float()
         err = (out - ref).abs()
         assert torch.isfinite(out).all(), dtype
-        assert err.max() < 0.03 and err.mean() < 0.005, (dtype, err.max().item(), err.mean().item())
+        # about 3x the largest measured error of the three cases: bf16 max 6.0e-3, mean 1.15e-3; fp16 max
+        # 9.3e-4, mean 1.8e-4
+        max_bound, mean_bound = (0.018, 0.0035) if dtype == torch.bfloat16 else (0.0028, 0.00055)
+        assert err.max() < max_bound and err.mean() < mean_bound, (dtype, err.max().item(), err.mean().item())
 
 
 def _check_size(desc, width: int, height: int) -> None:
