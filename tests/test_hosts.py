@@ -375,7 +375,7 @@ def test_install_copies_refuses_to_clobber_and_uninstalls_exactly(tmp_path, host
     arch_dest.write_text("# a user's edited copy\n")
     assert install.main(args) == 1, "overwrote a different file without --force"
     assert arch_dest.read_text() == "# a user's edited copy\n"
-    assert "refusing" in capsys.readouterr().out
+    assert "refusing" in capsys.readouterr().err
 
     un = build_parser().parse_args(["install", "--host", host, "--root", str(root), "--uninstall"])
     assert install.main(un) == 1  # the edited file is kept
