@@ -679,7 +679,7 @@ class NAFStage(nn.Module):
     """NAF blocks only (no attention, no experts): the top ``naf_levels`` stages of a restoration
     variant, where window attention costs the most and plain gated convs do most of the work."""
 
-    shifts: list[bool] = []  # no attention layers
+    shifts: tuple[bool, ...] = ()  # no attention layers
 
     def __init__(self, dim: int, depth: int) -> None:
         super().__init__()
@@ -915,12 +915,12 @@ class HyReSR(nn.Module):
     def hyresr_meta(self) -> Tensor:
         return self._meta.clone()
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         destination[prefix + "hyresr_meta"] = self._meta.clone()
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+                              missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str]) -> None:
         # torch calls this with strict=True whatever load_state_dict was given, and applies strictness
         # afterwards, to missing and unexpected keys only (error_msgs always raise). So a "hyresr_meta"
         # that describes another network is reported as an unexpected key that names the difference:
@@ -1010,8 +1010,9 @@ def _describe_meta(meta: list[int]) -> str:
     return ", ".join(f"{n} {v}" for n, v in zip(names, meta))
 
 
-def _check_config(*, in_ch, out_ch, scale, dims, depths, window, overlap, experts, kernel_size, upsampler,
-                  msg_depth, naf_levels, ratios) -> None:
+def _check_config(*, in_ch: int, out_ch: int, scale: int, dims: Sequence[int], depths: Sequence[int], window: int,
+                  overlap: float, experts: int, kernel_size: int, upsampler: str, msg_depth: int, naf_levels: int,
+                  ratios: tuple[float, float, float]) -> None:
     if in_ch not in (1, 3, 4) or out_ch not in (1, 3, 4):
         raise ValueError(f"HyReSR supports 1, 3 or 4 channels, got in_ch={in_ch}, out_ch={out_ch}")
     if scale not in (1, 2, 3, 4, 8):
