@@ -17,10 +17,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "install": ("hyresr_arch.install", "copy the arch file and option templates into a neosr / traiNNer-redux checkout"),
     "fuse": ("hyresr_arch.tools.fuse", "fuse re-parameterizable convs of a checkpoint for deployment"),
     "export-onnx": ("hyresr_arch.tools.export_onnx", "export a checkpoint to ONNX and verify it with onnxruntime"),
-    "upscale": ("hyresr_arch.tools.upscale", "upscale images with a .pth/.safetensors/.onnx model"),
+    "export-ncnn": ("hyresr_arch.tools.export_ncnn", "export a checkpoint to NCNN (.param/.bin) and verify it with ncnn"),
+    "upscale": ("hyresr_arch.tools.upscale", "upscale images with a .pth/.safetensors/.onnx/.param model"),
     "info": ("hyresr_arch.tools.info", "print what a checkpoint holds"),
     "release": ("hyresr_arch.tools.release", "build a community release bundle from a checkpoint"),
-    "contrib": ("hyresr_arch.tools.contrib", "regenerate contrib/ (spandrel architecture, ComfyUI node) or install it"),
+    "contrib": ("hyresr_arch.tools.contrib", "regenerate contrib/ (spandrel and traiNNer-redux contributions, ComfyUI node) or install it"),
 }
 
 
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         # files being written go to temporary names (removed on the way out), so only complete
         # outputs are left: say so in one line instead of a traceback
-        atomic = command.split()[-1] in ("upscale", "fuse", "export-onnx", "release")
+        atomic = command.split()[-1] in ("upscale", "fuse", "export-onnx", "export-ncnn", "release")
         print(f"\n{command}: interrupted (Ctrl-C)"
               + ("; files already written are complete, nothing half-written was left" if atomic else ""),
               file=sys.stderr)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from spandrel import MAIN_REGISTRY, ArchRegistry, ArchSupport, ImageModelDescriptor, ModelLoader
+from spandrel import MAIN_REGISTRY, ArchRegistry, ArchSupport, ImageModelDescriptor, ModelLoader, ModelTiling
 
 from conftest import ROOT, perturbed
 
@@ -82,6 +83,58 @@ def test_spandrel_copy_is_the_network_part_with_spandrel_conventions():
     assert imported <= {"__future__", "math", "typing", "torch", "spandrel"}, imported
 
 
+def test_spandrel_files_follow_spandrel_review_conventions():
+    test = (ROOT / "contrib/spandrel/tests" / f"test_{C.ARCH_ID}.py").read_text()
+    tree = ast.parse(test)
+    module_calls = [ast.unparse(n) for n in tree.body if isinstance(n, ast.Expr)]
+    assert "skip_if_unchanged(__file__)" in module_calls  # like spandrel's other architecture tests
+    from_url = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and ast.unparse(n.func) == "ModelFile.from_url"]
+    assert from_url and all(not c.keywords for c in from_url)  # the URL ends in the file name: no name=
+    url = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+               and ast.unparse(n.targets[0]) == "MODEL_URL")
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    assert url == cfg["metadata"]["url"] + f"/releases/download/{C.MODEL_RELEASE_TAG}/"
+    copy = (ROOT / "contrib/spandrel" / C.ARCH_DIR / "__arch" / f"{C.ARCH_ID}.py").read_text()
+    assert "do not edit" not in copy.lower() and "generated" not in copy.split("\n\n")[0].lower()
+    loader = (ROOT / "contrib/spandrel" / C.ARCH_DIR / "__init__.py").read_text()
+    assert "SizeRequirements" not in loader  # none: spandrel omits it
+
+
+def _ruff_reports(files: dict[Path, str], config: str, packages: tuple[str, ...]) -> str:
+    """What the pinned ruff (check, format --check) says about ``files`` laid out as in the checkout."""
+    with __import__("tempfile").TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "pyproject.toml").write_text(config)
+        for pkg in packages:
+            for level in [Path(pkg), *Path(pkg).parents][:-1]:
+                (root / level).mkdir(parents=True, exist_ok=True)
+                (root / level / "__init__.py").touch()
+        for rel, text in files.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(text)
+        out = ""
+        for cmd in (["check"], ["format", "--check"]):
+            run = subprocess.run([*C._pinned_ruff(), *cmd, "--no-cache", *map(str, files)], cwd=root,
+                                 capture_output=True, text=True)
+            out += run.stdout + run.stderr if run.returncode else ""
+        return out
+
+
+def test_contributed_python_files_are_clean_under_each_projects_ruff_settings():
+    spandrel = ROOT / "contrib/spandrel"
+    files = {rel: (spandrel / rel).read_text() for rel in (
+        C.ARCH_DIR / "__init__.py", C.ARCH_DIR / "__arch" / f"{C.ARCH_ID}.py", Path(f"tests/test_{C.ARCH_ID}.py"))}
+    assert _ruff_reports(files, C.SPANDREL_RUFF, ("libs/spandrel/spandrel",)) == ""
+    trainner = {C.TRAINNER_ARCH: (C.TRAINNER / C.TRAINNER_ARCH).read_text()}
+    assert _ruff_reports(trainner, C.TRAINNER_RUFF, ("traiNNer/archs",)) == ""
+    # and the check can fail: an unformatted line and an unused import are reported
+    bad = {C.TRAINNER_ARCH: "import os\nx = dict( a = 1 )\n"}
+    assert "F401" in _ruff_reports(bad, C.TRAINNER_RUFF, ("traiNNer/archs",))
+
+
 def test_comfyui_node_ships_the_arch_file_verbatim():
     assert (ROOT / "contrib" / "comfyui" / "hyresr_arch.py").read_bytes() == (
         Path(H.hyresr_arch.__file__).read_bytes())
@@ -110,8 +163,13 @@ def test_contributed_arch_reads_every_hyperparameter_and_matches_the_pack(contri
         with torch.inference_mode():
             assert torch.equal(desc(x), model(x).clamp(0, 1))
     for field in ("scale", "purpose", "input_channels", "output_channels", "tags", "supports_half",
-                  "supports_bfloat16", "size_requirements", "tiling"):
+                  "supports_bfloat16"):
         assert getattr(desc, field) == getattr(reference, field), field
+    # spandrel's conventions: no size requirement stated when there is none; tiling discouraged where
+    # GlobalMix sees the whole image (measured: up to 5/255 at 512 px tiles, 1/255 without it)
+    assert desc.size_requirements.none
+    expected_tiling = ModelTiling.DISCOURAGED if model.hyperparameters["global_mix"] else ModelTiling.SUPPORTED
+    assert desc.tiling == expected_tiling
 
 
 def test_contributed_detection_is_not_confused_with_builtins(contributed):
@@ -121,6 +179,30 @@ def test_contributed_detection_is_not_confused_with_builtins(contributed):
 
     assert not arch.detect(Compact(num_feat=8, num_conv=2, upscale=2).state_dict())
     assert not arch.detect(SPAN(num_in_ch=3, num_out_ch=3, feature_channels=8, upscale=2).state_dict())
+
+
+def test_contributed_load_refuses_a_short_hyresr_meta_with_a_clear_error(contributed):
+    sd = H.hyresr_tiny(scale=2).state_dict()
+    for meta, message in (([3, 3, 6], "6 integers expected, found 3"), ([], "format (empty)"),
+                          ([2, 3, 6, 0, 1000, 1000], "format 2 is not supported")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            contributed.HyReSRArch().load({**sd, "hyresr_meta": torch.tensor(meta)})
+
+
+def test_contributed_ratios_come_from_tensor_shapes(contributed):
+    read = contributed._read_ratio
+    widths = [(16, 20), (24, 30), (32, 40)]  # dims (16, 24, 32), ratio 1.25
+    assert read("ffn_ratio", widths, 1250) == 1.25
+    # several ratios give these widths: the stored one (the model was built with it) decides
+    assert read("ffn_ratio", widths, 1251) == 1.251
+    with pytest.raises(ValueError, match="contradicts its tensor shapes"):
+        read("ffn_ratio", widths, 2000)
+    with pytest.raises(ValueError, match="fit no single ratio"):
+        read("ffn_ratio", [(16, 20), (32, 48)], 1250)
+    # and the loader uses them: the widths of a model built with other ratios give those ratios
+    model = H.HyReSR(**C.config_kwargs("hyresr_tiny", {"ffn_ratio": 1.75, "expert_ratio": 0.5}))
+    hp = contributed.HyReSRArch().load(model.state_dict()).model.hyperparameters
+    assert (hp["ffn_ratio"], hp["expert_ratio"]) == (1.75, 0.5)
 
 
 def _upstream_registry(contributed) -> ArchRegistry:
@@ -156,6 +238,16 @@ def test_model_files_are_small_fp16_and_cover_the_cases():
         seen |= {f"x{hp['scale']}", hp["upsampler"], "fused" if fused else "unfused",
                  H.HyReSR(**hp).variant}
     assert {"x2", "x4", "pixelshuffle", "dysample", "fused", "unfused", "hyresr_tiny", "hyresr_light"} <= seen
+
+
+def test_model_files_metadata_names_no_local_path():
+    from safetensors import safe_open
+
+    for name in C.MODEL_FILES:
+        with safe_open(MODELS / name, "pt") as f:
+            text = json.dumps(f.metadata())
+        assert "train_B100" in text or "scikit-image" in text or "patterns" in text, text  # says what data
+        assert not re.search(r"(^|[\s(])(/|[A-Za-z]:\\\\|~/)\w", text), text  # ... but no path to it
 
 
 # --------------------------------------------------------------------------- into a spandrel checkout
@@ -204,6 +296,149 @@ def test_install_into_a_spandrel_checkout_registers_and_writes_expected_images(t
     C.install_spandrel(tmp_path)  # a second run changes nothing
     assert (tmp_path / "libs/spandrel/spandrel/__helpers/main_registry.py").read_text() == registry
     assert (tmp_path / "README.md").read_text() == readme
+
+
+# --------------------------------------------------------------------------- traiNNer-redux
+
+
+class _Registry:
+    """traiNNer-redux's ``ARCH_REGISTRY`` as arch files use it: ``register()`` decorates a function
+    and files it under its lowercased name (a duplicate name is an error)."""
+
+    def __init__(self) -> None:
+        self.obj: dict = {}
+
+    def register(self, suffix: str | None = None):
+        def deco(fn):
+            name = fn.__name__.lower()
+            assert name not in self.obj, name
+            self.obj[name] = fn
+            return fn
+
+        return deco
+
+
+@pytest.fixture(scope="module")
+def trainner_copy():
+    """contrib/traiNNer-redux/traiNNer/archs/hyresr_arch.py imported as traiNNer-redux imports it, with
+    ``traiNNer.utils.registry`` holding a registry like theirs; (module, registry)."""
+    import importlib.util
+    import types
+
+    registry = _Registry()
+    names = ["traiNNer", "traiNNer.utils", "traiNNer.utils.registry", "traiNNer.archs", "traiNNer.archs.hyresr_arch"]
+    saved = {n: sys.modules.get(n) for n in names}
+    for n in names[:4]:
+        sys.modules[n] = types.ModuleType(n)
+    sys.modules["traiNNer.utils.registry"].ARCH_REGISTRY = registry
+    spec = importlib.util.spec_from_file_location(names[-1], C.TRAINNER / C.TRAINNER_ARCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[names[-1]] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module, registry
+    finally:
+        for n, m in saved.items():
+            if m is None:
+                sys.modules.pop(n, None)
+            else:
+                sys.modules[n] = m
+
+
+def test_trainner_copy_registers_each_variant_by_decorator_and_imports_only_torch(trainner_copy):
+    module, registry = trainner_copy
+    assert set(registry.obj) == set(H.BUILDERS)
+    source = (C.TRAINNER / C.TRAINNER_ARCH).read_text()
+    tree = ast.parse(source)
+    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    for name in H.BUILDERS:
+        assert [ast.unparse(d) for d in functions[name].decorator_list] == ["ARCH_REGISTRY.register()"], name
+    imported = {(n.module or "").split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+    assert imported <= {"__future__", "math", "typing", "collections", "torch", "traiNNer"}, imported
+    assert all(isinstance(n.value, ast.Constant) for n in tree.body if isinstance(n, ast.Expr))  # no code at import
+    for gone in ("torch.distributed", "logging", "warnings", "sys.argv", "register_spandrel", "hyperparameters"):
+        assert gone not in source, gone
+    for name in H.BUILDERS:  # every variant builds with only scale=, as traiNNer-redux calls it
+        assert isinstance(registry.obj[name](scale=2), module.HyReSR)
+
+
+@pytest.mark.parametrize("variant", ["hyresr_tiny", "hyresr_light"])
+def test_trainner_copy_computes_like_the_pack_and_shares_its_checkpoints(trainner_copy, variant):
+    module, registry = trainner_copy
+    torch.manual_seed(0)
+    pack = perturbed(H.BUILDERS[variant](scale=2, upsampler="dysample"), seed=2)
+    theirs = registry.obj[variant](scale=2, upsampler="dysample").eval()
+    theirs.load_state_dict(pack.state_dict(), strict=True)
+    assert list(theirs.state_dict()) == list(pack.state_dict())
+    assert not any(n.endswith("route_bias") for n, _ in theirs.named_parameters())  # a buffer there
+    x = _probe()
+    with torch.inference_mode():
+        assert torch.equal(theirs(x), pack(x))
+        # a traiNNer-redux checkpoint loads with the pack (and so with spandrel)
+        assert torch.equal(H.build_from_state_dict(theirs.state_dict()).eval()(x), pack(x))
+
+
+def test_trainner_copy_balances_experts_without_a_collective(trainner_copy, monkeypatch):
+    module, registry = trainner_copy
+    calls = []
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda t, *a, **k: calls.append(t.shape))
+    x = _probe(h=16, w=16)
+    theirs = registry.obj["hyresr_tiny"](scale=2).train()
+    before = [m.route_bias.clone() for m in theirs.modules() if isinstance(m, module.TokenMoE)]
+    theirs(x).mean().backward()
+    after = [m.route_bias for m in theirs.modules() if isinstance(m, module.TokenMoE)]
+    assert calls == [] and any(not torch.equal(a, b) for a, b in zip(after, before))  # balanced, locally
+    H.hyresr_tiny(scale=2).train()(x)  # the pack's own file all-reduces under DDP: the check sees it
+    assert len(calls) == 1
+
+
+def test_trainner_templates_are_the_packs_option_files():
+    import yaml
+
+    assert set(C.TRAINNER_TEMPLATES) == {p.name for p in (ROOT / "options/traiNNer").glob("*.yml")} - {
+        "HyReSR_x2_fidelity.yml", "HyReSR_Light_x2_fidelity.yml"}  # x2: the same files with scale 2
+    for name, dest in C.TRAINNER_TEMPLATES.items():
+        text = (C.TRAINNER / dest).read_text()
+        assert "hyresr install" not in text
+        assert yaml.safe_load(text) == yaml.safe_load((ROOT / "options/traiNNer" / name).read_text()), name
+        assert yaml.safe_load(text)["network_g"]["type"] in H.BUILDERS
+
+
+def test_trainner_install_copies_the_pull_requests_files_into_a_checkout(tmp_path):
+    with pytest.raises(C.ContribError, match="not a traiNNer-redux checkout"):
+        C.install_trainner(tmp_path)
+    (tmp_path / "traiNNer/archs").mkdir(parents=True)
+    (tmp_path / "traiNNer/archs/__init__.py").write_text("")
+    written = C.install_trainner(tmp_path)
+    assert {str(p) for p in written} == _listed_files(C.TRAINNER / "README.md")
+    for rel in written:
+        assert (tmp_path / rel).read_bytes() == (C.TRAINNER / rel).read_bytes()
+
+
+def _listed_files(readme: Path) -> set[str]:
+    """Paths in backticks in the README's "files in the pull request" table."""
+    text = readme.read_text()
+    section = text[text.index("## Files in the pull request"):]
+    section = section[: section.find("\n## ", 1)]
+    return set(re.findall(r"^\| `([^`]+)`", section, re.M))
+
+
+def test_trainner_readme_lists_exactly_the_pull_requests_files():
+    shipped = {str(p.relative_to(C.TRAINNER)) for p in C.TRAINNER.rglob("*") if p.is_file()
+               and "__pycache__" not in p.parts and p.name != "README.md"}
+    assert _listed_files(C.TRAINNER / "README.md") == shipped
+
+
+def test_spandrel_readme_names_the_release_assets_and_the_pr_files():
+    readme = (ROOT / "contrib/spandrel/README.md").read_text()
+    for name in C.MODEL_FILES:
+        assert C.model_url() + name in readme, name
+    listed = _listed_files(ROOT / "contrib/spandrel/README.md")
+    assert {str(C.ARCH_DIR / "__init__.py"), str(C.ARCH_DIR / "__arch" / f"{C.ARCH_ID}.py"),
+            f"tests/test_{C.ARCH_ID}.py", f"tests/__snapshots__/test_{C.ARCH_ID}.ambr"} <= listed
+    assert not any(p.startswith("tests/models") for p in listed)  # release assets, not PR files
 
 
 # --------------------------------------------------------------------------- ComfyUI

@@ -1,6 +1,7 @@
 """Train the small HyReSR model files that the spandrel contribution's tests load.
 
-    python contrib/spandrel/make_test_models.py            # writes contrib/spandrel/tests/models/*.safetensors
+    python contrib/spandrel/make_test_models.py   # writes contrib/spandrel/tests/models/*.safetensors, then
+                                                  # regenerates contrib/ (hyresr contrib) to match them
 
 spandrel's tests load real model files and compare their output with stored images, so the
 contribution ships three small models (fp16 safetensors, about 3 MB together):
@@ -15,7 +16,8 @@ the stored outputs look like upscaled photos, not noise. Without that folder it 
 the photos scikit-image ships, and without scikit-image to generated patterns (it says which).
 Everything is seeded and runs on one thread: the same machine writes the same files.
 
-After this, run ``hyresr contrib`` to regenerate the expected outputs the tests compare against.
+Then it runs ``hyresr contrib`` (the snapshot describes the new files); with ``--out`` elsewhere it
+does not. The files' metadata names the data (``train_B100``), never a local path.
 """
 
 from __future__ import annotations
@@ -62,11 +64,12 @@ def _read_rgb(path: Path) -> np.ndarray | None:
 
 
 def load_photos(folder: Path | None) -> tuple[list[np.ndarray], str]:
-    """HR photos as uint8 RGB arrays, and where they came from."""
+    """HR photos as uint8 RGB arrays, and where they came from (the folder's name, never its path: the
+    description goes into the model files' metadata)."""
     if folder is not None and folder.is_dir():
         photos = [p for p in (_read_rgb(f) for f in sorted(folder.glob("*.png"))) if p is not None]
         if photos:
-            return photos, f"{len(photos)} photos from {folder}"
+            return photos, f"{len(photos)} photos from {folder.name}"
     try:
         import skimage.data
 
@@ -75,7 +78,7 @@ def load_photos(folder: Path | None) -> tuple[list[np.ndarray], str]:
             img = np.asarray(getattr(skimage.data, name)())
             img = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3]
             photos.append(img.astype(np.uint8))
-        return photos, f"{len(photos)} scikit-image sample photos ({folder} not found)"
+        return photos, f"{len(photos)} scikit-image sample photos ({folder.name} not found)"
     except Exception:  # noqa: BLE001  (no scikit-image: generated patterns still give a working model)
         g = np.random.default_rng(SEED)
         yy, xx = np.mgrid[0:256, 0:256] / 256.0
@@ -84,7 +87,7 @@ def load_photos(folder: Path | None) -> tuple[list[np.ndarray], str]:
             f = g.uniform(2, 24, size=(3, 2))
             img = np.stack([np.sin(2 * math.pi * (f[c, 0] * xx + f[c, 1] * yy * yy)) for c in range(3)], axis=-1)
             photos.append(((img * 0.5 + 0.5) * 255).astype(np.uint8))
-        return photos, f"{len(photos)} generated patterns ({folder} not found, scikit-image not installed)"
+        return photos, f"{len(photos)} generated patterns ({folder.name} not found, scikit-image not installed)"
 
 
 def batches(photos: list[np.ndarray], scale: int, steps: int, seed: int):
@@ -175,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         save(model, args.out / name, note)
         size = (args.out / name).stat().st_size
         print(f"{name}: {steps} steps in {time.perf_counter() - start:.0f} s, {size / 1e3:.0f} KB, {quality}")
+    if args.out.resolve() == OUT.resolve():
+        from hyresr_arch.tools import contrib
+
+        changed = contrib.write_generated()
+        print(f"hyresr contrib: {len(changed)} generated files rewritten to match")
     return 0
 
 

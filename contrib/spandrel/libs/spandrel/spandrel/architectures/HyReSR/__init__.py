@@ -11,7 +11,6 @@ from ...__helpers.model_descriptor import (
     Architecture,
     ImageModelDescriptor,
     ModelTiling,
-    SizeRequirements,
     StateDict,
 )
 from .__arch.HyReSR import FORMAT_VERSION, DySampleHead, HyReSR
@@ -37,23 +36,27 @@ class HyReSRArch(Architecture[HyReSR]):
 
     @override
     def load(self, state_dict: StateDict) -> ImageModelDescriptor[HyReSR]:
-        # What tensor shapes cannot tell is stored as integers in "hyresr_meta" (the
-        # three ratios in thousandths; the model checks the whole entry again when the
-        # weights are loaded, so a wrong reading below cannot go unnoticed):
+        # "hyresr_meta" holds what tensor shapes cannot tell, as integers:
         #   format 3: [3, out_ch, window, overlap, ffn_ratio, expert_ratio]
-        # out_ch is stored because the pixel-shuffle head's out_ch * scale**2 channels
-        # are ambiguous (16 = 1 x 4**2 = 4 x 2**2). Formats 1 and 2 were network v1,
-        # which computes differently (plain skips, per-stage window shifts).
-        meta = [int(v) for v in state_dict["hyresr_meta"].tolist()]
-        if meta[0] != FORMAT_VERSION:
+        # (ratios in thousandths). out_ch: the pixel-shuffle head's out_ch * scale**2
+        # channels are ambiguous (16 = 1 x 4**2 = 4 x 2**2). window and overlap: the
+        # relative position table only gives window + key window. The ratios are read
+        # from shapes below; the stored ones only decide between values that give the
+        # same shapes. The model checks the whole entry again when the weights load.
+        # Formats 1 and 2 were network v1, which computes differently.
+        meta = [int(v) for v in state_dict["hyresr_meta"].flatten().tolist()]
+        if len(meta) < 1 or meta[0] != FORMAT_VERSION:
+            version = meta[0] if meta else "(empty)"
             raise ValueError(
-                f"HyReSR checkpoint format {meta[0]} is not supported by this version of"
-                f" spandrel (format {FORMAT_VERSION})"
+                f"HyReSR checkpoint format {version} is not supported by this version"
+                f" of spandrel (format {FORMAT_VERSION})"
             )
-        out_ch, window, overlap_m, ffn_m, expert_m = meta[1:6]
-        overlap = overlap_m / 1000
-        ffn_ratio = ffn_m / 1000
-        expert_ratio = expert_m / 1000
+        if len(meta) != 6:
+            raise ValueError(
+                f"HyReSR format {FORMAT_VERSION} checkpoint with a damaged hyresr_meta"
+                f" entry: 6 integers expected, found {len(meta)}"
+            )
+        out_ch, window, overlap_m = meta[1:4]
 
         in_ch = state_dict["stem.weight"].shape[1]
         # U-Net levels: one Downsample (down1, down2, ...) per level above the bottleneck
@@ -63,7 +66,10 @@ class HyReSRArch(Architecture[HyReSR]):
         # Downsample: 3x3 conv to dim/4 channels, then PixelUnshuffle(2)
         dims = (
             state_dict["stem.weight"].shape[0],
-            *(state_dict[f"down{i}.conv.weight"].shape[0] * 4 for i in range(1, levels)),
+            *(
+                state_dict[f"down{i}.conv.weight"].shape[0] * 4
+                for i in range(1, levels)
+            ),
         )
         # the decoder stages mirror the encoder stages
         depths = (
@@ -86,6 +92,29 @@ class HyReSRArch(Architecture[HyReSR]):
         reparam = "fused" if fused else "large"
         kernel_size = state_dict[f"{block}.reparam.{reparam}.weight"].shape[-1]
 
+        # the hidden widths of every hybrid level: round(dim * ratio)
+        hybrid = [
+            (f"encoder{i}.blocks.0", dims[i - 1]) for i in range(naf_levels + 1, levels)
+        ] + [(block, dims[-1])]
+        # gated FFN: fc2 maps hidden -> dim
+        ffn_ratio = _read_ratio(
+            "ffn_ratio",
+            [
+                (d, state_dict[f"{p}.high.ffns.0.fc2.weight"].shape[1])
+                for p, d in hybrid
+            ],
+            meta[4],
+        )
+        # experts: fc2 maps experts * hidden -> dim
+        expert_ratio = _read_ratio(
+            "expert_ratio",
+            [
+                (d, state_dict[f"{p}.high.moe.fc2.weight"].shape[1] // experts)
+                for p, d in hybrid
+            ],
+            meta[5],
+        )
+
         upsampler: Literal["pixelshuffle", "dysample"]
         if "head_dysample.to_img.weight" in state_dict:
             upsampler = "dysample"
@@ -106,7 +135,7 @@ class HyReSRArch(Architecture[HyReSR]):
             dims=dims,
             depths=depths,
             window=window,
-            overlap=overlap,
+            overlap=overlap_m / 1000,
             experts=experts,
             expert_ratio=expert_ratio,
             ffn_ratio=ffn_ratio,
@@ -139,11 +168,36 @@ class HyReSRArch(Architecture[HyReSR]):
             scale=scale,
             input_channels=in_ch,
             output_channels=out_ch,
-            # any size: the network pads to a multiple of 2**levels internally
-            size_requirements=SizeRequirements(minimum=1),
-            # GlobalMix and channel attention see the whole input: tiles differ slightly
-            tiling=ModelTiling.SUPPORTED,
+            # GlobalMix (light and bigger variants) attends over the whole bottleneck:
+            # an image upscaled in 512 px tiles differs from the whole-image result by up
+            # to 5/255 with it, by up to 1/255 without it (channel attention alone;
+            # measured on a 1024x1024 photo, 32 px tile overlap)
+            tiling=ModelTiling.DISCOURAGED if global_mix else ModelTiling.SUPPORTED,
         )
+
+
+def _read_ratio(name: str, widths: list[tuple[int, int]], stored_milli: int) -> float:
+    """A ratio (3 decimals) with hidden == round(dim * ratio) for every (dim, hidden)."""
+
+    def fits(milli: int) -> bool:
+        return all(round(d * milli / 1000) == h for d, h in widths)
+
+    dim, hidden = max(widths)
+    milli = round(hidden * 1000 / dim)  # the widest level gives it to within 1/dim
+    if not fits(milli):
+        raise ValueError(
+            f"HyReSR state dict with inconsistent {name}: hidden widths (dim, hidden)"
+            f" {widths} fit no single ratio"
+        )
+    if stored_milli != milli:
+        if not fits(stored_milli):
+            raise ValueError(
+                f"HyReSR state dict whose hyresr_meta {name} ({stored_milli / 1000})"
+                f" contradicts its tensor shapes ({milli / 1000})"
+            )
+        # several ratios give these widths: the model was built with the stored one
+        milli = stored_milli
+    return milli / 1000
 
 
 __all__ = ["HyReSRArch", "HyReSR"]
