@@ -73,13 +73,7 @@ def test_no_full_global_attention_anywhere(name):
     assert max(q[0] for _, q, _, _ in calls) >= (4 if name == "hyresr_rest" else 16)
 
 
-def _light_head_dim_xfail(names):
-    return [pytest.param(n, marks=pytest.mark.xfail(
-        strict=True, reason="hyresr_light head dim 20: being re-chosen (issue 20 item 1)"))
-        if n == "hyresr_light" else n for n in names]
-
-
-@pytest.mark.parametrize("name", _light_head_dim_xfail(list(BUILDERS)))
+@pytest.mark.parametrize("name", list(BUILDERS))
 def test_every_attention_head_dim_is_a_multiple_of_8(name):
     """CUDA's memory-efficient and flash SDPA kernels need a head dim that is a multiple of 8 in
     fp16/bf16 (otherwise the math kernel materialises the attention matrix). Checked as configured
