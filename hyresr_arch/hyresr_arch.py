@@ -30,7 +30,7 @@ import contextlib
 import functools
 import inspect
 import math
-from typing import Literal, Sequence
+from typing import Iterator, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -300,7 +300,7 @@ _NCNN_GRAPH = False
 
 
 @contextlib.contextmanager
-def ncnn_graph():
+def ncnn_graph() -> Iterator[None]:
     """Within this context every forward takes the NCNN export path: the same function (a test
     holds it equal to the main forward for every variant), written with operations pnnx converts
     to NCNN layers. Batch 1 and inputs of at least ``2**levels`` pixels a side, like the ONNX
