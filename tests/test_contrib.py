@@ -80,7 +80,7 @@ def test_spandrel_copy_is_the_network_part_with_spandrel_conventions():
     assert all(isinstance(n.value, ast.Constant) for n in tree.body if isinstance(n, ast.Expr))
     imported = {(n.module or "").split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom)}
     imported |= {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
-    assert imported <= {"__future__", "math", "typing", "torch", "spandrel"}, imported
+    assert imported <= {"__future__", "contextlib", "math", "typing", "torch", "spandrel"}, imported
 
 
 def test_spandrel_files_follow_spandrel_review_conventions():
@@ -355,7 +355,7 @@ def test_trainner_copy_registers_each_variant_by_decorator_and_imports_only_torc
         assert [ast.unparse(d) for d in functions[name].decorator_list] == ["ARCH_REGISTRY.register()"], name
     imported = {(n.module or "").split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom)}
     imported |= {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
-    assert imported <= {"__future__", "math", "typing", "collections", "torch", "traiNNer"}, imported
+    assert imported <= {"__future__", "contextlib", "math", "typing", "collections", "torch", "traiNNer"}, imported
     assert all(isinstance(n.value, ast.Constant) for n in tree.body if isinstance(n, ast.Expr))  # no code at import
     for gone in ("torch.distributed", "logging", "warnings", "sys.argv", "register_spandrel", "hyperparameters"):
         assert gone not in source, gone

@@ -7,7 +7,10 @@ from .util import (
     assert_loads_correctly,
     assert_size_requirements,
     disallowed_props,
+    skip_if_unchanged,
 )
+
+skip_if_unchanged(__file__)
 
 MODEL_URL = "https://github.com/OWNER/HyReSR/releases/download/spandrel-test-models/"
 
@@ -26,9 +29,9 @@ def test_load():
             kernel_size=9,
         ),
         lambda: HyReSR(
-            dims=(40, 48, 64),
+            dims=(48, 48, 64),
             depths=(2, 2, 2),
-            experts=3,
+            experts=2,
             ffn_ratio=1.5,
             kernel_size=9,
         ),
@@ -151,9 +154,9 @@ def test_load():
             noise=True,
         ),
         lambda: HyReSR(
-            dims=(40, 48, 64),
+            dims=(48, 48, 64),
             depths=(2, 2, 2),
-            experts=3,
+            experts=2,
             ffn_ratio=1.5,
             kernel_size=9,
             upsampler="dysample",
@@ -187,9 +190,9 @@ def test_load_fused():
             kernel_size=9,
         ).fuse(),
         lambda: HyReSR(
-            dims=(40, 48, 64),
+            dims=(48, 48, 64),
             depths=(2, 2, 2),
-            experts=3,
+            experts=2,
             ffn_ratio=1.5,
             kernel_size=9,
             upsampler="dysample",
@@ -210,7 +213,7 @@ def test_load_fused():
 
 
 def _model_file(name: str) -> ModelFile:
-    return ModelFile.from_url(MODEL_URL + name, name=name)
+    return ModelFile.from_url(MODEL_URL + name)
 
 
 def test_size_requirements():
