@@ -23,7 +23,7 @@ from conftest import perturbed as perturb
 
 import hyresr_arch as H
 from hyresr_arch.cli import main as cli
-from hyresr_arch.tools import checkpoints, files, runners, upscale
+from hyresr_arch.tools import checkpoints, export_ncnn, files, runners, upscale
 from hyresr_arch.tools.images import Image, read_image, to_array, to_tensor, write_image
 
 torch.set_num_threads(1)
@@ -300,11 +300,15 @@ def test_release_bundle_is_complete_and_verified(tmp_path, ckpt, capsys):
     assert cli(["release", str(ckpt), "--name", "2x-TestModel", "-o", str(out), "--license", "CC0-1.0"]) == 0
     names = {f.name for f in out.iterdir()}
     assert names == {"2x-TestModel.safetensors", "2x-TestModel_unfused.safetensors", "2x-TestModel_fp32.onnx",
-                     "2x-TestModel_fp16.onnx", "2x-TestModel.json", "2x-TestModel_comparison.png"}
+                     "2x-TestModel_fp16.onnx", "2x-TestModel.param", "2x-TestModel.bin", "2x-TestModel.json",
+                     "2x-TestModel_comparison.png"}
     card = json.loads((out / "2x-TestModel.json").read_text())
     assert card["architecture"] == "hyresr" and card["scale"] == 2 and card["name"] == "TestModel"
     assert card["inputChannels"] == 3 and card["outputChannels"] == 3 and "hyresr_tiny" in card["size"]
-    assert len(card["resources"]) == 4  # the model files; the comparison is under "images"
+    assert len(card["resources"]) == 6  # the model files; the comparison is under "images"
+    assert sorted(r["platform"] for r in card["resources"]) == ["ncnn", "ncnn", "onnx", "onnx", "pytorch", "pytorch"]
+    assert card["hyresr"]["ncnn_max_abs_error"] <= export_ncnn.FP16_ATOL
+    assert runners.load_runner(str(out / "2x-TestModel.param")).scale == 2
     for r in card["resources"]:
         f = out / r["urls"][0]
         assert r["size"] == f.stat().st_size and r["sha256"] == files.sha256_of(f)

@@ -368,7 +368,8 @@ def test_release_with_force_replaces_the_whole_bundle(tmp_path, tiny, capsys):
     (out / "2x-T.json").write_text('{"author": "someone else"}\n')
     (out / "2x-T_unfused.safetensors").write_bytes(b"from an earlier release")  # not in the new bundle
     (out / "notes.txt").write_text("mine\n")
-    assert cli(["release", str(fused), "--name", "2x-T", "-o", str(out), "--author", "me", "--force"]) == 0
+    assert cli(["release", str(fused), "--name", "2x-T", "-o", str(out), "--author", "me", "--force",
+                "--no-ncnn"]) == 0
     capsys.readouterr()
     card = json.loads((out / "2x-T.json").read_text())
     assert card["author"] == "me"
@@ -376,6 +377,7 @@ def test_release_with_force_replaces_the_whole_bundle(tmp_path, tiny, capsys):
     assert (out / "notes.txt").read_text() == "mine\n"  # not the bundle's: left alone
     assert card["images"] == [{"type": "standalone", "url": "2x-T_comparison.png"}]
     assert all(r["platform"] in ("pytorch", "onnx") and not r["urls"][0].endswith(".png") for r in card["resources"])
+    assert not (out / "2x-T.param").exists()  # --no-ncnn
 
 
 def test_the_default_comparison_sample_is_not_a_training_image():

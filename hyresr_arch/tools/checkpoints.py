@@ -27,6 +27,7 @@ from .files import atomic_path
 PTH_EXTS = (".pth", ".pt", ".ckpt", ".bin")
 SAFETENSORS_EXTS = (".safetensors",)
 ONNX_EXTS = (".onnx",)
+NCNN_EXTS = (".param",)  # NAME.param with NAME.bin next to it (``hyresr export-ncnn``)
 
 
 class CheckpointError(ValueError):
@@ -44,7 +45,7 @@ class Checkpoint:
 
 
 def model_kind(path: str | os.PathLike[str]) -> str:
-    """'pth', 'safetensors' or 'onnx' from the extension; CheckpointError otherwise."""
+    """'pth', 'safetensors', 'onnx' or 'ncnn' from the extension; CheckpointError otherwise."""
     ext = Path(path).suffix.lower()
     if ext in PTH_EXTS:
         return "pth"
@@ -52,9 +53,11 @@ def model_kind(path: str | os.PathLike[str]) -> str:
         return "safetensors"
     if ext in ONNX_EXTS:
         return "onnx"
+    if ext in NCNN_EXTS:
+        return "ncnn"
     raise CheckpointError(
         f"{path}: unsupported model file extension {ext!r} "
-        f"(expected one of {', '.join(PTH_EXTS + SAFETENSORS_EXTS + ONNX_EXTS)})"
+        f"(expected one of {', '.join(PTH_EXTS + SAFETENSORS_EXTS + ONNX_EXTS + NCNN_EXTS)})"
     )
 
 
@@ -163,8 +166,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """
     p = Path(path)
     kind = model_kind(p)
-    if kind == "onnx":
-        raise CheckpointError(f"{p}: is an ONNX model, not a PyTorch checkpoint")
+    if kind in ("onnx", "ncnn"):
+        raise CheckpointError(f"{p}: is an {kind.upper()} model, not a PyTorch checkpoint")
     _check_readable(p)
     if kind == "safetensors":
         raw, metadata = _load_safetensors(p)

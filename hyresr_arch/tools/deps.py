@@ -2,8 +2,8 @@
 
 ``pip install .`` gives the network and the commands' core (torch, numpy, opencv-python,
 safetensors, tqdm). Loading PyTorch checkpoints through spandrel, ONNX export and ONNX inference,
-the quick start and the release comparison need extras; :func:`require` imports such a module or
-raises :class:`MissingDependency` whose message names the extra to install, e.g.
+NCNN export and inference, the quick start and the release comparison need extras; :func:`require`
+imports such a module or raises :class:`MissingDependency` whose message names the extra to install, e.g.
 ``info needs spandrel: pip install "hyresr[spandrel]"``.
 """
 
@@ -22,6 +22,8 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "basicsr": ("basicsr", "basicsr"),
     "skimage": ("scikit-image", "basicsr"),
     "yaml": ("pyyaml", "basicsr"),
+    "pnnx": ("pnnx", "ncnn"),
+    "ncnn": ("ncnn", "ncnn"),
 }
 
 

@@ -80,8 +80,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"hyresr fuse: refusing to overwrite the input {src}; give another OUT", file=err)
         return 2
     try:
-        if model_kind(dst) == "onnx":
-            raise CheckpointError(f"{dst}: use `hyresr export-onnx` to write ONNX")
+        if model_kind(dst) in ("onnx", "ncnn"):
+            raise CheckpointError(f"{dst}: use `hyresr export-{model_kind(dst)}` to write {model_kind(dst).upper()}")
         require_all(("spandrel", "torchvision"), "checking the fused file (loaded back through spandrel)")
         model, ckpt = load_model(src)
     except (CheckpointError, MissingDependency) as e:

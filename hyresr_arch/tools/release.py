@@ -6,6 +6,9 @@ DIR (default ``./4x-Name``) receives:
 * ``4x-Name_unfused.safetensors``  the training weights, for fine-tuning (absent if the input was
   already fused: the branches cannot be recovered)
 * ``4x-Name_fp32.onnx`` / ``4x-Name_fp16.onnx``  dynamic batch/height/width, opset 17
+* ``4x-Name.param`` / ``4x-Name.bin``  NCNN (Upscayl, chaiNNer's NCNN nodes, *-ncnn-vulkan), fp16
+  weights, any size; when pnnx and ncnn are installed (``hyresr[ncnn]``) and the conversion
+  verifies (``--no-ncnn`` leaves them out; a failed conversion is reported and left out)
 * ``4x-Name.json``                 model card in OpenModelDB's shape (``architecture: "hyresr"``,
   ``resources``: the model files with size and sha256; ``images``: the comparison)
 * ``4x-Name_comparison.png``       bicubic | HyReSR | original, on a sample photo (scikit-image's
@@ -13,7 +16,7 @@ DIR (default ``./4x-Name``) receives:
   model's scale) or on ``--sample IMAGE`` (bicubic | HyReSR only)
 
 Everything is built in a temporary folder next to DIR and each file is verified (loaded back by
-spandrel / onnxruntime / the image decoder, compared with the in-memory model) before the files
+spandrel / onnxruntime / ncnn / the image decoder, compared with the in-memory model) before the files
 are moved into DIR. If anything fails, DIR is not touched. A DIR that already holds a bundle of
 that name is refused before any work unless ``--force`` is given. The ``.safetensors`` files are
 byte-identical for identical inputs (their metadata is written in sorted order).
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import importlib.util
 import json
 import os
 import re
@@ -34,10 +38,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import export_onnx
+from . import export_ncnn, export_onnx
 from .checkpoints import (CheckpointError, hyperparameter_metadata, load_descriptor, load_model, model_summary,
                           onnx_minimum_size, save_state_dict)
-from .deps import MissingDependency, require, require_all
+from .deps import MissingDependency, missing_message, require, require_all
 from .files import atomic_write_bytes, ensure_writable_dir, sha256_of
 from .fuse import fuse_and_check, probe_input, verify_loads
 from .images import Image, match_channels, read_image, to_array, to_tensor, write_image
@@ -57,6 +61,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample", default=None, metavar="IMAGE", help="low-resolution image for the comparison")
     parser.add_argument("--opset", type=int, default=export_onnx.DEFAULT_OPSET, help="ONNX opset (default 17)")
     parser.add_argument("--force", action="store_true", help="replace a bundle of the same name already in DIR")
+    parser.add_argument("--no-ncnn", dest="ncnn", action="store_false",
+                        help="leave out the NCNN files (added by default when pnnx and ncnn are installed)")
 
 
 # the default comparison photo: one the quick start holds out (never trains on), see demo.py
@@ -123,7 +129,7 @@ def comparison_image(model: torch.nn.Module, sample: str | None = None) -> np.nd
 
 
 def model_card(name: str, model: torch.nn.Module, files: dict[str, dict], args: argparse.Namespace,
-               onnx_errors: dict[str, float]) -> dict:
+               onnx_errors: dict[str, float], ncnn_error: float | None = None) -> dict:
     s = model_summary(model)
     hp = s["hyperparameters"]
     size_tags = [str(s["variant"]), f"{hp['dims'][0]}dim", f"{hp['experts']}experts"]
@@ -135,7 +141,8 @@ def model_card(name: str, model: torch.nn.Module, files: dict[str, dict], args: 
             images.append({"type": "standalone", "url": fname})
             continue
         resources.append({
-            "platform": "onnx" if fname.endswith(".onnx") else "pytorch",
+            "platform": ("onnx" if fname.endswith(".onnx") else "ncnn" if fname.endswith((".param", ".bin"))
+                         else "pytorch"),
             "type": Path(fname).suffix.lstrip("."),
             "size": info["size"],
             "sha256": info["sha256"],
@@ -161,6 +168,7 @@ def model_card(name: str, model: torch.nn.Module, files: dict[str, dict], args: 
             "hyperparameters": hp,
             "onnx_minimum_size": onnx_minimum_size(model),
             "onnx_max_abs_error": onnx_errors,
+            "ncnn_max_abs_error": ncnn_error,
             "files": {f: info["role"] for f, info in files.items()},
             "sha256": {f: info["sha256"] for f, info in files.items()},
         },
@@ -173,7 +181,7 @@ def model_card(name: str, model: torch.nn.Module, files: dict[str, dict], args: 
 def bundle_files(name: str) -> list[str]:
     """Every file name a bundle called ``name`` can have."""
     return [f"{name}{suffix}" for suffix in (".safetensors", "_unfused.safetensors", "_fp32.onnx", "_fp16.onnx",
-                                             "_comparison.png", ".json")]
+                                             ".param", ".bin", "_comparison.png", ".json")]
 
 
 def existing_bundle(name: str, out_dir: Path) -> list[str]:
@@ -236,6 +244,24 @@ def build_bundle(ckpt_path: str, name: str, out_dir: Path, args: argparse.Namesp
             add(fname, f"ONNX {prec}, opset {args.opset}, dynamic batch/height/width, input >= "
                        f"{res['minimum_size']}x{res['minimum_size']}")
 
+        # NCNN (verified with the ncnn runtime inside export_model), when it can be made
+        ncnn_error = None
+        if getattr(args, "ncnn", True):
+            absent = [m for m in ("pnnx", "ncnn") if importlib.util.find_spec(m) is None]
+            if absent:
+                log(f"NCNN files left out: {missing_message(absent[0], 'NCNN export')}")
+            else:
+                log(f"exporting {name}.param / {name}.bin (NCNN, fp16 weights)")
+                try:
+                    res = export_ncnn.export_model(fused, stage / f"{name}.param", fp16=True, log=log)
+                except export_ncnn.ExportError as e:
+                    log(f"NCNN files left out: {e}")
+                else:
+                    ncnn_error = res["max_error"]
+                    add(f"{name}.param", f"NCNN graph (Upscayl, chaiNNer, *-ncnn-vulkan), any input >= "
+                                         f"{res['minimum_size']}x{res['minimum_size']}")
+                    add(f"{name}.bin", "NCNN weights (fp16)")
+
         # comparison picture
         comp = comparison_image(fused, args.sample)
         write_image(stage / f"{name}_comparison.png", Image(comp, None, 8))
@@ -244,7 +270,7 @@ def build_bundle(ckpt_path: str, name: str, out_dir: Path, args: argparse.Namesp
         add(f"{name}_comparison.png", COMPARISON_ROLE)
 
         # model card last: it lists every other file with size and sha256
-        card = model_card(name, fused, files, args, onnx_errors)
+        card = model_card(name, fused, files, args, onnx_errors, ncnn_error)
         atomic_write_bytes(stage / f"{name}.json", (json.dumps(card, indent=2) + "\n").encode())
         reread = json.loads((stage / f"{name}.json").read_text())
         for fname, digest in reread["hyresr"]["sha256"].items():

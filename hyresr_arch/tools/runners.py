@@ -7,6 +7,11 @@
   minimum (8 px; 2**levels in general) are padded first with the network's own rule (reflect,
   replicate where too small to reflect), so the result is the PyTorch model's; a graph with a
   fixed input size (``export-onnx --static``) gets each image padded or cut into windows of it.
+* ``.param`` (with its ``.bin``): run with the ``ncnn`` Python package on the CPU (fp32, or fp16
+  storage with ``--fp16``). What an ONNX file records as metadata is read from the graph of a
+  ``hyresr export-ncnn`` file: input channels from the first convolution, the minimum size from
+  the network's reflect padding, the tile grid from its window partitions; scale and output
+  channels from one probe run. Small inputs are padded as for ONNX.
 """
 
 from __future__ import annotations
@@ -159,6 +164,26 @@ def run_fixed_size(run: Callable[[torch.Tensor, int, int], torch.Tensor], x: tor
     return out
 
 
+def _run_padded(raw: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, ph: int, pw: int, residual: bool,
+                mirror: bool = False) -> torch.Tensor:
+    """The model ``raw`` on ``x`` padded to ph x pw, cropped back: with the network's own padding rule
+    (so the result is PyTorch's), or mirrored as often as needed (a fixed-size graph).
+
+    HyReSR adds the bilinear upscale of its *unpadded* input to what the network body computes on
+    the padded one; padding outside the graph would hand it the padded input's upscale, which
+    differs along the bottom/right border. With ``residual`` it is swapped for the unpadded one."""
+    h, w = x.shape[-2:]
+    xp = _mirror_to(x, ph, pw) if mirror else _pad_to(x, ph, pw)
+    y = raw(xp)
+    s = y.shape[-1] // xp.shape[-1]
+    y = y[..., : h * s, : w * s]
+    if residual and xp.shape[-2:] != x.shape[-2:]:
+        up = lambda t: torch.nn.functional.interpolate(t, scale_factor=s, mode="bilinear",  # noqa: E731
+                                                       align_corners=False)
+        y = y - up(xp)[..., : h * s, : w * s] + up(x)
+    return y
+
+
 def onnx_runner(path: str, device: str = "auto") -> Runner:
     """An .onnx model as a Runner. Dynamic graphs take any size (smaller than the graph's minimum:
     padded with the network's rule, then cropped); a graph exported with a fixed input size
@@ -205,18 +230,7 @@ def onnx_runner(path: str, device: str = "auto") -> Runner:
     residual = meta.get("architecture") == "HyReSR" and in_ch == out_ch and scale > 1
 
     def run_padded(x: torch.Tensor, ph: int, pw: int, mirror: bool = False) -> torch.Tensor:
-        """The model on ``x`` padded to ph x pw, cropped back: with the network's own padding rule
-        (so the result is PyTorch's), or mirrored as often as needed (a fixed-size graph)."""
-        h, w = x.shape[-2:]
-        xp = _mirror_to(x, ph, pw) if mirror else _pad_to(x, ph, pw)
-        y = raw(xp)
-        s = y.shape[-1] // xp.shape[-1]
-        y = y[..., : h * s, : w * s]
-        if residual and xp.shape[-2:] != x.shape[-2:]:
-            up = lambda t: torch.nn.functional.interpolate(t, scale_factor=s, mode="bilinear",  # noqa: E731
-                                                           align_corners=False)
-            y = y - up(xp)[..., : h * s, : w * s] + up(x)
-        return y
+        return _run_padded(raw, x, ph, pw, residual, mirror)
 
     if fixed_size is not None:
         def run(x: torch.Tensor) -> torch.Tensor:
@@ -234,8 +248,87 @@ def onnx_runner(path: str, device: str = "auto") -> Runner:
     return Runner(run, scale, in_ch, out_ch, align, "onnx", fixed_size)
 
 
+def ncnn_graph_facts(param: Path) -> dict:
+    """What a ``hyresr export-ncnn`` graph tells about its model (NCNN files carry no metadata):
+    input/output blob names, input channels (first convolution), the minimum input size (the
+    network's reflect padding to 2**levels: pad + 1) and the tile grid (window x 2**(levels - 1),
+    from the window partitions and the stride-2 reorgs: one per downsampling and one per skip)."""
+    facts = {"input": "data", "output": "output", "in_ch": 3, "min_size": 1, "align": 32, "hyresr": False}
+    lines = [line.split() for line in param.read_text().splitlines()[2:] if line.strip()]
+    if not lines:
+        raise CheckpointError(f"{param}: not an NCNN .param file (no layers)")
+
+    def params(parts: list[str]) -> dict[str, str]:
+        n = int(parts[2]) + int(parts[3])
+        return dict(p.split("=", 1) for p in parts[4 + n :] if "=" in p)
+
+    inputs = [parts for parts in lines if parts[0] == "Input"]
+    if inputs:
+        facts["input"] = inputs[0][4 + int(inputs[0][2])]
+    last = lines[-1]
+    facts["output"] = last[4 + int(last[2]) + int(last[3]) - 1]
+    conv = next((parts for parts in lines if parts[0] == "Convolution"), None)
+    if conv:
+        p = params(conv)
+        k = int(p.get("1", 1)) * int(p.get("11", p.get("1", 1)))
+        facts["in_ch"] = int(p.get("6", 0)) // max(1, int(p.get("0", 1)) * k) or 3
+    pad = next((parts for parts in lines if parts[0] == "Padding"), None)
+    if pad and params(pad).get("4") == "2" and params(pad).get("1") == params(pad).get("3"):
+        multiple = int(params(pad).get("1", "0")) + 1
+        if multiple >= 8 and multiple & (multiple - 1) == 0:  # HyReSR's reflect pad to 2**levels
+            facts["min_size"], facts["hyresr"] = multiple, True
+    strides = [int(params(parts).get("0", 0)) for parts in lines if parts[0] == "Reorg"]
+    windows = [s for s in strides if s != 2]
+    if facts["hyresr"] and windows:
+        facts["align"] = max(windows) * 2 ** (strides.count(2) // 2)
+    return facts
+
+
+def ncnn_runner(path: str, fp16: bool = False) -> Runner:
+    """A ``.param`` (+ ``.bin``) NCNN model as a Runner, on the CPU. Takes any size; smaller than
+    the graph's minimum: padded with the network's rule, then cropped (as for ONNX)."""
+    from .export_ncnn import ncnn_net, ncnn_run
+
+    require("ncnn", "running an NCNN .param model")
+    p = Path(path)
+    b = p.with_suffix(".bin")
+    for f in (p, b):
+        if not f.is_file():
+            raise CheckpointError(f"{f}: no such file (an NCNN model is NAME.param with NAME.bin)")
+    facts = ncnn_graph_facts(p)
+    try:
+        net = ncnn_net(p, b, fp16=fp16)
+    except Exception as err:
+        raise CheckpointError(f"{p}: cannot load NCNN model: {str(err).strip().splitlines()[0]}") from None
+    in_ch, min_size = facts["in_ch"], facts["min_size"]
+
+    def raw(x: torch.Tensor) -> torch.Tensor:
+        try:
+            return torch.from_numpy(ncnn_run(net, x, facts["input"], facts["output"]))
+        except Exception as err:
+            raise RuntimeError(f"ncnn cannot run {p.name}: {str(err).strip().splitlines()[0]}") from None
+
+    probe_size = max(min_size, 16)
+    probe = raw(torch.zeros(1, in_ch, probe_size, probe_size))
+    scale, out_ch = probe.shape[-1] // probe_size, probe.shape[1]
+    residual = facts["hyresr"] and in_ch == out_ch and scale > 1
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if h < min_size or w < min_size:
+            return _run_padded(raw, x, -(-h // min_size) * min_size, -(-w // min_size) * min_size,
+                               residual).clamp_(0, 1)
+        return raw(x).clamp_(0, 1)
+
+    return Runner(run, scale, in_ch, out_ch, facts["align"], "ncnn")
+
+
 def load_runner(path: str, device: str = "auto", fp16: bool = False, bf16: bool = False) -> Runner:
     kind = model_kind(path)
+    if kind == "ncnn":
+        if bf16:
+            raise CheckpointError(f"{path}: --bf16 applies to PyTorch models (NCNN runs fp32, or fp16 storage with --fp16)")
+        return ncnn_runner(path, fp16)
     if kind == "onnx":
         if fp16 or bf16:
             raise CheckpointError(

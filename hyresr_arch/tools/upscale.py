@@ -1,7 +1,8 @@
 """``hyresr upscale -m MODEL INPUT... -o OUTDIR``: upscale images with a HyReSR model.
 
 Each image goes through three steps: ``images.read_image`` (decode, split off alpha) -> the model
-(a ``runners.Runner``: ``.pth`` / ``.safetensors`` through spandrel, ``.onnx`` through onnxruntime),
+(a ``runners.Runner``: ``.pth`` / ``.safetensors`` through spandrel, ``.onnx`` through onnxruntime,
+NCNN ``.param`` / ``.bin`` through the ``ncnn`` package),
 tiled when asked -> ``images.write_image`` (encode, written atomically).
 
 Tiling (``--tile N``): the image is cut into N x N cores; each core is run with ``--overlap`` pixels
@@ -44,7 +45,8 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-m", "--model", required=True, help=".pth / .safetensors / .onnx model")
+    parser.add_argument("-m", "--model", required=True,
+                        help=".pth / .safetensors / .onnx model, or NCNN NAME.param (with NAME.bin)")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created)")
     parser.add_argument("--tile", type=int, default=0, metavar="N",
@@ -52,7 +54,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlap", type=int, default=32, metavar="N",
                         help="context pixels around each tile (default 32)")
     prec = parser.add_mutually_exclusive_group()
-    prec.add_argument("--fp16", action="store_true", help="half precision (PyTorch models that support it)")
+    prec.add_argument("--fp16", action="store_true",
+                      help="half precision (PyTorch models that support it; NCNN: fp16 storage)")
     prec.add_argument("--bf16", action="store_true", help="bfloat16 precision (PyTorch models)")
     parser.add_argument("--device", default="auto", help="torch device or 'auto' (cuda if available)")
     parser.add_argument("--format", default="same", choices=("same", "png", "jpg", "webp"),
@@ -204,6 +207,8 @@ def main(args: argparse.Namespace) -> int:
         kind = model_kind(args.model)
         if kind == "onnx":
             require_all(("onnxruntime",), "upscaling with an .onnx model")
+        elif kind == "ncnn":
+            require_all(("ncnn",), "upscaling with an NCNN .param model")
         else:
             require_all(("spandrel", "torchvision"), "upscaling with a .pth / .safetensors model")
     except (CheckpointError, MissingDependency) as e:

@@ -1,0 +1,202 @@
+"""NCNN export (``hyresr export-ncnn``): pnnx conversion checked with the real ncnn runtime.
+
+The NCNN path of the network (``hyresr_arch.ncnn_graph()``) is held equal to the main forward for
+every variant and option (eager PyTorch, fp32 rounding); hyresr_tiny x4 and a DySample model are
+exported, and the files are run by ncnn at sizes other than the traced one. The heavy variants'
+conversions are in ``benchmarks/ncnn_matrix.py`` (minutes each), not here.
+"""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from conftest import perturbed
+
+import hyresr_arch as H
+from hyresr_arch.cli import main as cli
+from hyresr_arch.tools import checkpoints, export_ncnn, runners
+
+pytest.importorskip("pnnx")
+ncnn = pytest.importorskip("ncnn")
+torch.set_num_threads(1)
+
+# (variant, options, input H x W): every variant, every option; sizes that pad at every level
+EQUIVALENCE = [
+    ("hyresr_tiny", dict(scale=4), (36, 44)),
+    ("hyresr_tiny", dict(scale=4, upsampler="dysample"), (17, 29)),
+    ("hyresr_tiny", dict(scale=2, upsampler="dysample"), (20, 12)),
+    ("hyresr_tiny", dict(scale=3, upsampler="dysample", in_ch=1, out_ch=1), (13, 21)),
+    ("hyresr_tiny", dict(scale=1, in_ch=4, out_ch=4), (24, 30)),
+    ("hyresr_tiny", dict(scale=8, in_ch=1, out_ch=3), (9, 11)),
+    ("hyresr_light", dict(scale=4), (24, 40)),
+    ("hyresr", dict(scale=2), (20, 28)),
+    ("hyresr_sr", dict(scale=4), (32, 24)),
+    ("hyresr_rest", dict(scale=1), (40, 36)),
+    ("hyresr_rest", dict(scale=4, upsampler="dysample"), (33, 35)),
+]
+
+
+@pytest.mark.parametrize(("name", "options", "size"), EQUIVALENCE,
+                         ids=[f"{n}-{'-'.join(f'{k}{v}' for k, v in o.items())}" for n, o, _ in EQUIVALENCE])
+def test_ncnn_graph_computes_the_main_forward(name, options, size):
+    """The export-only path is the same function: fp32 outputs equal within rounding, for every
+    variant and option, fused and unfused, with routing biases that make every expert win somewhere."""
+    torch.manual_seed(0)
+    model = perturbed(H.BUILDERS[name](**options))
+    for moe in (m for m in model.modules() if isinstance(m, H.TokenMoE)):
+        moe.route_bias.data = torch.linspace(-0.5, 0.5, moe.experts)
+    x = torch.rand(1, model.in_ch, *size, generator=torch.Generator().manual_seed(1))
+    for fused in (False, True):
+        if fused:
+            model.fuse()
+        with torch.no_grad():
+            ref = model(x)
+            with H.ncnn_graph():
+                out = model(x)
+        assert out.shape == ref.shape
+        assert (out - ref).abs().max().item() <= 1e-5 * max(1.0, ref.abs().max().item())
+
+
+def test_ncnn_graph_is_only_a_context():
+    assert not H.hyresr_arch._NCNN_GRAPH
+    with pytest.raises(RuntimeError):
+        with H.ncnn_graph():
+            assert H.hyresr_arch._NCNN_GRAPH
+            raise RuntimeError
+    assert not H.hyresr_arch._NCNN_GRAPH
+
+
+# --------------------------------------------------------------------------- real conversions
+
+
+@pytest.fixture(scope="module")
+def tiny4():
+    torch.manual_seed(0)
+    return perturbed(H.hyresr_tiny(scale=4))
+
+
+@pytest.fixture(scope="module")
+def tiny4_files(tmp_path_factory, tiny4):
+    """hyresr_tiny x4 exported through the command line, from a BasicSR-style checkpoint."""
+    d = tmp_path_factory.mktemp("ncnn")
+    ckpt = d / "net_g_100.pth"
+    torch.save({"params_ema": tiny4.state_dict()}, ckpt)
+    assert cli(["export-ncnn", str(ckpt), str(d / "4x-Tiny.param")]) == 0
+    return d / "4x-Tiny.param", d / "4x-Tiny.bin"
+
+
+@pytest.fixture(scope="module")
+def dysample():
+    torch.manual_seed(1)
+    return perturbed(H.hyresr_tiny(scale=2, upsampler="dysample"))
+
+
+@pytest.fixture(scope="module")
+def dysample_files(tmp_path_factory, dysample):
+    d = tmp_path_factory.mktemp("ncnn_dy")
+    res = export_ncnn.export_model(dysample, d / "2x-Dy", verify_sizes=[(17, 33)], log=lambda *_: None)
+    assert res["max_error"] <= 1e-4
+    return d / "2x-Dy.param", d / "2x-Dy.bin"
+
+
+def _ncnn_forward(param, bin_path, x: torch.Tensor) -> np.ndarray:
+    """The files run by ncnn directly (not through the pack's helpers): fp32, input blob data."""
+    net = ncnn.Net()
+    net.opt.use_fp16_storage = net.opt.use_fp16_packed = net.opt.use_fp16_arithmetic = False
+    assert net.load_param(str(param)) == 0 and net.load_model(str(bin_path)) == 0
+    with net.create_extractor() as ex:
+        ex.input("data", ncnn.Mat(x.numpy(), batch_index=0).clone())
+        ret, out = ex.extract("output")
+        assert ret == 0
+        return out.numpy(batch_index=0).reshape(1, -1, *out.numpy(batch_index=0).shape[-2:])
+
+
+@pytest.mark.parametrize("size", [(19, 27), (40, 24)])  # traced at 36x44 and 84x92: neither
+def test_tiny_x4_runs_in_ncnn_like_pytorch(tiny4_files, tiny4, size):
+    param, bin_path = tiny4_files
+    x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = tiny4.eval()(x).numpy()
+    got = _ncnn_forward(param, bin_path, x)
+    assert got.shape == (1, 3, size[0] * 4, size[1] * 4)
+    assert np.abs(got - ref).max() <= 1e-4
+
+
+def test_dysample_runs_in_ncnn_like_pytorch(dysample_files, dysample):
+    param, bin_path = dysample_files
+    x = torch.rand(1, 3, 26, 18, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = dysample.eval()(x).numpy()
+    got = _ncnn_forward(param, bin_path, x)
+    assert got.shape == (1, 3, 52, 36) and np.abs(got - ref).max() <= 1e-4
+    assert "GridSample" in export_ncnn.layer_types(param)
+
+
+def test_files_hold_only_ncnn_layers_and_the_upscalers_blob_names(tiny4_files):
+    param, bin_path = tiny4_files
+    assert export_ncnn.unconverted_layers(param) == []
+    lines = param.read_text().splitlines()
+    assert lines[0] == "7767517"
+    assert lines[2].split()[:5] == ["Input", "data", "0", "1", "data"]
+    assert lines[-1].split()[4 + int(lines[-1].split()[2])] == "output"
+    assert bin_path.stat().st_size > 4 * 250_000  # fp32 weights of ~0.3M parameters
+    assert not [f for f in param.parent.iterdir() if ".partial" in f.name or f.name.startswith(".")]
+
+
+def test_upscale_runs_param_models_with_tiles(tmp_path, tiny4_files, tiny4):
+    param, _ = tiny4_files
+    facts = runners.ncnn_graph_facts(param)
+    assert facts["in_ch"] == 3 and facts["min_size"] == 8 and facts["align"] == checkpoints.tile_grid(tiny4)
+    img = np.random.default_rng(0).integers(0, 256, (30, 52, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "a.png"), img)
+    cv2.imwrite(str(tmp_path / "small.png"), img[:5, :7])
+    out = tmp_path / "out"
+    assert cli(["upscale", "-m", str(param), str(tmp_path / "a.png"), str(tmp_path / "small.png"), "-o", str(out),
+                "--tile", "24", "--overlap", "8", "--quiet"]) == 0
+    for name, src in (("a.png", img), ("small.png", img[:5, :7])):
+        got = cv2.imread(str(out / name))
+        assert got.shape == (src.shape[0] * 4, src.shape[1] * 4, 3)
+    runner = runners.load_runner(str(param))
+    x = torch.rand(1, 3, 5, 7)  # below the graph's minimum: padded like the network pads
+    with torch.no_grad():
+        ref = tiny4.eval()(x).clamp(0, 1)
+    assert (runner(x) - ref).abs().max() <= 1e-4
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_missing_pnnx_names_the_extra(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pnnx" else real(name, *a))
+    ckpt = tmp_path / "m.pth"
+    torch.save(H.hyresr_tiny(scale=2).state_dict(), ckpt)
+    assert cli(["export-ncnn", str(ckpt), str(tmp_path / "m.param")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pnnx" in err and 'pip install "hyresr[ncnn]"' in err
+    assert not (tmp_path / "m.param").exists()
+
+
+def test_export_refuses_its_own_input_and_non_checkpoints(tmp_path, capsys):
+    param = tmp_path / "m.param"
+    param.write_text("7767517\n")
+    assert cli(["export-ncnn", str(param), str(param)]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert cli(["export-ncnn", str(param), str(tmp_path / "n.param")]) == 2
+    assert "NCNN model, not a PyTorch checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "n.param").exists()
+
+
+def test_output_names():
+    assert export_ncnn.output_paths("x/4x-A.param") == (export_ncnn.Path("x/4x-A.param"), export_ncnn.Path("x/4x-A.bin"))
+    assert export_ncnn.output_paths("x/4x-A.b") == (export_ncnn.Path("x/4x-A.b.param"), export_ncnn.Path("x/4x-A.b.bin"))
+    json.dumps(export_ncnn.trace_sizes(H.hyresr_tiny(scale=2)))
+    (h1, w1), (h2, w2) = export_ncnn.trace_sizes(H.hyresr_rest(scale=1))
+    assert min(h1, w1) >= 32 and h2 - h1 == w2 - w1 == 8 * 32
