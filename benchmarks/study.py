@@ -15,6 +15,10 @@ Each job is one ``quality.py`` process at 1 thread: it reads the stored row when
 rows in benchmarks/peer_cache/, HyReSR rows in benchmarks/hyresr_rows/, both committed), resumes from
 its checkpoint every 250 steps when interrupted, and stores its row when it finishes. A lane can be
 stopped and started again at any time (a session's end stops it); finished jobs are not repeated.
+
+Across machines or fresh clones (a session here ends at 180 minutes): the resume checkpoints of
+unfinished jobs are committed with ``git add -f benchmarks/results/study/*/resume/*.pt`` (one file
+per job, 3-11 MB; a finished job deletes its own) and the lanes started again on the clone.
 """
 
 from __future__ import annotations
