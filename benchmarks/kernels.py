@@ -87,6 +87,21 @@ def sparse_moe(moe, t: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def count_paths(models: dict[str, torch.nn.Module], x: torch.Tensor, old=None) -> tuple[dict, dict]:
+    """Op counts of each model on this machine's path (CPU: grouped MoE) and on the path CUDA takes in
+    fp32, compiled and traced graphs (dense MoE), for this revision's network and ``old``'s alike."""
+    here = {n: count_forward(m, x) for n, m in models.items()}
+    moes = [mod.TokenMoE for mod in (zoo.hyresr_module(), old) if mod is not None and hasattr(mod.TokenMoE, "dispatch")]
+    for moe in moes:
+        moe.dispatch = "dense"
+    try:
+        dense = {n: count_forward(m, x) for n, m in models.items()}
+    finally:
+        for moe in moes:
+            moe.dispatch = "auto"
+    return here, dense
+
+
 def compare_moe(threads: list[int], repeats: int) -> None:
     """The MoE's two sync-free forms (grouped GEMM, dense one-hot) against sparse per-expert
     dispatch (format 1, one host sync per expert), per variant's MoE shapes, at the token counts
@@ -169,11 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         models.update({f"{n}@{args.rev}": build(n, args.scale, old) for n in names if n.startswith("hyresr")})
     x = torch.rand(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
 
-    counts = {n: count_forward(m, x) for n, m in models.items()}  # this machine's path (CPU: grouped MoE)
-    moe = zoo.hyresr_module().TokenMoE
-    moe.dispatch = "dense"  # the path CUDA takes in fp32 (and compiled / traced graphs)
-    dense = {n: count_forward(m, x) for n, m in models.items()}
-    moe.dispatch = "auto"
+    counts, dense = count_paths(models, x, old)
     threads = [int(t) for t in args.threads.split(",")]
     ratios: dict[int, dict[str, float]] = {}
     for t in threads:

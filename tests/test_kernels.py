@@ -173,3 +173,19 @@ def test_dynamo_captures_the_whole_forward(builder, training):
     explained = torch._dynamo.explain(model)(torch.rand(2, 3, 20, 28))
     assert explained.graph_break_count == 0, [r.reason for r in explained.break_reasons]
     assert explained.graph_count == 1
+
+
+def test_kernel_table_counts_an_old_revisions_models_on_the_dense_path_too():
+    """kernels.py --rev: the 'CUDA fp32 path' column must switch the old revision's MoE to dense
+    as well (its TokenMoE is a class of its own module); HEAD's file stands in for the old revision."""
+    from kernels import arch_from_rev, count_paths
+
+    old = arch_from_rev("HEAD")
+    assert old.TokenMoE is not TokenMoE
+    x = torch.rand(1, 3, 24, 24)
+    models = {"new": _skewed(hyresr_tiny(scale=2)).eval(), "old": _skewed(old.hyresr_tiny(scale=2)).eval()}
+    here, dense = count_paths(models, x, old)
+    assert here["old"].total == here["new"].total
+    assert dense["old"].total == dense["new"].total
+    assert dense["old"].total != here["old"].total  # the dense form dispatches other ops than the grouped GEMM
+    assert TokenMoE.dispatch == old.TokenMoE.dispatch == "auto"  # restored
