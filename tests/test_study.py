@@ -188,3 +188,35 @@ def test_study_jobs_cover_the_issue_and_lanes_balance():
     assert len(flat) == len(study.jobs()) and set(flat) == set(study.jobs())  # every job once
     loads = [sum(j.estimate_s for j in lane) for lane in lanes]
     assert max(loads) - min(loads) <= max(j.estimate_s for j in study.jobs())
+
+
+def test_report_writes_the_head_start_control_the_run_times_and_the_readme_summary(tmp_path, monkeypatch):
+    base = {"hyresr_tiny": 30.0, "SAFMN": 29.5, "SPAN": 29.9, "hyresr_light": 30.3, "SwinIR-light": 30.1,
+            "SAFMN+bilinear": 29.8, "SPAN+bilinear": 30.1}
+
+    def fake_entry(job, out):
+        if job.config == "long" and job.model == "SPAN":
+            return None, "missing"
+        rows = [{"set": s, "psnr_y": base[job.model], "wall_s": 600.0, "cpu_s": 540.0} for s in study.SETS]
+        return {"rows": rows, "curve": [], "date": "2026-12-03 07:00", "revision": "abc1234",
+                "machine": "CPU x, 1 threads, loadavg 2.05"}, "done"
+
+    monkeypatch.setattr(study, "load_entry", fake_entry)
+    monkeypatch.setattr(study, "plot_long", lambda entries, png: None)
+    doc, readme = tmp_path / "BENCHMARKS.md", tmp_path / "README.md"
+    doc.write_text(f"# B\n\nbefore\n{study.BEGIN}\nold table\n{study.END}\nafter\n")
+    readme.write_text(f"# R\n{study.README_BEGIN}\nold\n{study.README_END}\n## Next\n")
+    study.report(tmp_path, doc, readme)
+    d, r = doc.read_text(), readme.read_text()
+    assert "old table" not in d and d.startswith("# B\n\nbefore\n") and d.endswith("after\n")
+    # tiny leads SAFMN by 0.5 dB, SAFMN+bilinear by 0.2: 40 % of the lead survives the head start
+    assert "| hyresr_tiny | SAFMN | Urban100 | +0.500 | +0.200 | 40% |" in d
+    assert "| hyresr_tiny | SPAN | Set5 | +0.100 | -0.100 | -100% |" in d
+    assert "| long | SPAN | 10,000 | missing | | | | | |" in d
+    assert "| standard | SAFMN | 2,000 | done | 10 min | 9 min | 2026-12-03 07:00 | abc1234 | 2.05 |" in d
+    # the README quotes the same table and verdicts, nothing else from the study
+    assert "old" not in r.split(study.README_BEGIN)[1] and r.endswith("## Next\n")
+    table_line = next(line for line in d.splitlines() if line.startswith("| SPAN |") and "..." in line)
+    assert table_line in r and "hyresr_tiny vs SAFMN (>= +0.2 dB" in r and "share that survives" not in r
+    with pytest.raises(SystemExit, match="no .* block"):
+        study.report(tmp_path, doc, tmp_path / "missing.md")
