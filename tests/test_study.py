@@ -8,7 +8,10 @@ for hours through benchmarks/study.py.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -177,17 +180,68 @@ def test_summary_counts_a_goal_met_only_where_every_configuration_and_set_meets_
         "\n".join(study.verdicts(margins))
 
 
-def test_study_jobs_cover_the_issue_and_lanes_balance():
+def test_study_jobs_cover_the_issue_and_the_queue_takes_started_then_short_then_long_jobs(tmp_path):
     names = {(j.config, j.model) for j in study.jobs()}
     for config in ("standard", "seed1", "plain", "long"):
         assert {(config, m) for m in ("hyresr_tiny", "hyresr_light", "SAFMN", "SPAN")} <= names
     assert {("long", "SwinIR-light"), ("standard", "SAFMN+bilinear"), ("standard", "SPAN+bilinear")} <= names
     assert study.Job("long", "SAFMN").argv(Path("o"))[:6] == ["--profile", "long", "--recipe", "standard", "--seed", "0"]
-    lanes = study.lanes(study.jobs(), 2)
-    flat = [j for lane in lanes for j in lane]
-    assert len(flat) == len(study.jobs()) and set(flat) == set(study.jobs())  # every job once
-    loads = [sum(j.estimate_s for j in lane) for lane in lanes]
-    assert max(loads) - min(loads) <= max(j.estimate_s for j in study.jobs())
+    (tmp_path / "long" / "resume").mkdir(parents=True)
+    (tmp_path / "long" / "resume" / "x4_SAFMN_0123456789abcdef.pt").write_bytes(b"")
+    order = study.queue(study.jobs(), tmp_path)
+    assert sorted(order, key=str) == sorted(study.jobs(), key=str)  # every job once
+    assert order[0] == study.Job("long", "SAFMN")  # started: its steps are paid for
+    steps = [j.steps for j in order[1:]]
+    assert steps == sorted(steps)  # then every 2,000-step job before any long one
+    short = [j.estimate_s for j in order[1:] if j.steps == 2000]
+    long_ = [j.estimate_s for j in order[1:] if j.steps > 2000]
+    assert short == sorted(short) and long_ == sorted(long_, reverse=True)
+
+
+FAKE_QUALITY = """
+import os, sys, time
+from pathlib import Path
+a = sys.argv
+out, model = Path(a[a.index("--out") + 1]), a[a.index("--models") + 1]
+live = out.parent / "live"
+live.mkdir(exist_ok=True)
+me = live / f"{out.name}_{model}"
+me.touch()
+(out.parent / "seen").mkdir(exist_ok=True)
+(out.parent / "seen" / me.name).write_text(str(len(list(live.iterdir()))))  # jobs running beside this one
+time.sleep(0.3)
+(out.parent / "ran").mkdir(exist_ok=True)
+(out.parent / "ran" / f"{out.name}_{model}").touch()
+me.unlink()
+"""
+
+
+def test_run_queue_runs_each_unfinished_job_once_n_at_a_time_and_respects_live_locks(tmp_path, monkeypatch):
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "quality.py").write_text(FAKE_QUALITY)
+    out = tmp_path / "out"
+    monkeypatch.setattr(study, "BENCH", bench)
+    ran = out / "ran"
+    monkeypatch.setattr(study, "load_entry", lambda job, o: (None, "done" if (ran / f"{job.config}_{job.model}").exists()
+                                                             or job.config == "long" else "missing"))
+    held, stale = study.Job("plain", "SPAN"), study.Job("seed1", "SPAN")
+    study.lock_path(held, out).parent.mkdir(parents=True)
+    study.lock_path(held, out).write_text(str(os.getpid()))  # a live process runs it elsewhere
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    study.lock_path(stale, out).write_text(str(dead.pid))  # left by a process that died
+    study.lock_path(study.Job("seed1", "SAFMN"), out).write_text(str(os.getpid()))
+    study.lock_path(study.Job("plain", "SAFMN"), out).write_text(str(os.getpid()))
+    late = threading.Timer(1.0, lambda: [study.lock_path(study.Job(c, "SAFMN"), out).unlink() for c in ("seed1", "plain")])
+    late.start()  # all 3 slots held elsewhere at first: run waits for them instead of returning
+    assert study.run_queue(out, 3, poll_s=0.05) == 0  # 3 on the machine, one of them the held job
+    expected = {f"{j.config}_{j.model}" for j in study.jobs() if j.config != "long" and j != held}
+    assert {p.name for p in ran.iterdir()} == expected
+    assert max(int(p.read_text()) for p in (out / "seen").iterdir()) == 2  # 3 minus the held one
+    assert not study.lock_path(stale, out).exists() and study.lock_path(held, out).exists()
+    assert study.run_queue(out, 3, poll_s=0.05) == 0  # nothing left: returns at once, runs nothing again
+    assert {p.name for p in ran.iterdir()} == expected
 
 
 def test_report_writes_the_head_start_control_the_run_times_and_the_readme_summary(tmp_path, monkeypatch):
