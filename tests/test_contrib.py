@@ -80,7 +80,21 @@ def test_spandrel_copy_is_the_network_part_with_spandrel_conventions():
     assert all(isinstance(n.value, ast.Constant) for n in tree.body if isinstance(n, ast.Expr))
     imported = {(n.module or "").split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom)}
     imported |= {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
-    assert imported <= {"__future__", "contextlib", "math", "typing", "torch", "spandrel"}, imported
+    assert imported <= {"__future__", "math", "typing", "torch", "spandrel"}, imported
+    assert "ncnn" not in copy.lower()  # the NCNN export path stays in the pack (hyresr export-ncnn)
+
+
+def test_ncnn_path_is_cut_whole_and_a_changed_flag_is_reported():
+    source = C._network_part(C.arch_source())
+    cut = C._without_ncnn_path(source)
+    assert "_NCNN_GRAPH" in source and "ncnn" not in cut.lower().replace("ncnn_graph", "")
+    tree = ast.parse(cut)
+    defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    kept = {n.name for n in ast.walk(ast.parse(source)) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    assert kept - defined <= {"ncnn_graph", "_forward_ncnn", "_init_ncnn", "pad_nchw", "partition_nchw", "_focus_unit"}
+    assert {"forward", "WindowGeometry", "partition_kv", "TokenMoE"} <= defined  # the main path stays
+    with pytest.raises(C.ContribError, match="_NCNN_GRAPH"):
+        C._without_ncnn_path(source.replace("if _NCNN_GRAPH:", "if _NCNN_EXPORT:"))
 
 
 def test_spandrel_files_follow_spandrel_review_conventions():
@@ -355,7 +369,8 @@ def test_trainner_copy_registers_each_variant_by_decorator_and_imports_only_torc
         assert [ast.unparse(d) for d in functions[name].decorator_list] == ["ARCH_REGISTRY.register()"], name
     imported = {(n.module or "").split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom)}
     imported |= {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
-    assert imported <= {"__future__", "contextlib", "math", "typing", "collections", "torch", "traiNNer"}, imported
+    assert imported <= {"__future__", "math", "typing", "collections", "torch", "traiNNer"}, imported
+    assert "ncnn" not in source.lower()  # the NCNN export path stays in the pack (hyresr export-ncnn)
     assert all(isinstance(n.value, ast.Constant) for n in tree.body if isinstance(n, ast.Expr))  # no code at import
     for gone in ("torch.distributed", "logging", "warnings", "sys.argv", "register_spandrel", "hyperparameters"):
         assert gone not in source, gone

@@ -24,9 +24,8 @@ No full global attention: window attention is local, GlobalMix is linear in the 
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -43,7 +42,6 @@ __all__ = [
     "hyresr_sr",
     "hyresr_rest",
     "fuse",
-    "ncnn_graph",
 ]
 
 # Checkpoint format, stored in "hyresr_meta" (what tensor shapes cannot tell). Format 3 is network
@@ -223,9 +221,6 @@ class WindowGeometry:
         h, w = x.shape[-2:]
         self.window, self.kv_window = window, kv_window
         self.h, self.w = h, w
-        if _NCNN_GRAPH:
-            self._init_ncnn(x, shift)
-            return
         s = window // 2 if shift else 0
         self.pads = (
             s,
@@ -276,29 +271,6 @@ class WindowGeometry:
         ]
         return x.reshape(-1, heads * d)
 
-    def _init_ncnn(self, x: Tensor, shift: bool) -> None:
-        """The NCNN graph's geometry (``ncnn_graph()``): constant pads, then a crop to the window
-        grid (NCNN pads by constants only; the crop's end is a shape expression), and the key mask
-        as a (B, 1, nW, 1, Nk) map added to the logits (zero everywhere when nothing is padded)."""
-        w = self.window
-        self.shift = w // 2 if shift else 0
-        self.hp = (self.h + self.shift + w - 1) // w * w
-        self.wp = (self.w + self.shift + w - 1) // w * w
-        self.padded = True
-        zero = (
-            x[:, :1] * 0.0
-        )  # B, 1, H, W (from the map, so its size follows the input's)
-        invalid = self.pad_nchw(zero, MASK_VALUE)  # B, 1, Hp, Wp: MASK_VALUE on padding
-        self.key_mask = partition_nchw(invalid, w, self.kv_window, 1, 1, MASK_VALUE)[
-            :, :, :, :, 0
-        ]  # B, 1, nW, Nk
-        self.key_mask = self.key_mask.unsqueeze(3)  # B, 1, nW, 1, Nk
-
-    def pad_nchw(self, x: Tensor, value: float = 0.0) -> Tensor:
-        """B, C, H, W -> B, C, Hp, Wp for the NCNN graph: constant pads, cropped to the grid."""
-        s, w = self.shift, self.window
-        return F.pad(x, (s, w - 1, s, w - 1), value=value)[:, :, : self.hp, : self.wp]
-
     def augment(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Fold the key mask into the dot product (q, k, v: B*nW, heads, N, d)."""
         if self.key_mask is None:
@@ -316,25 +288,6 @@ class WindowGeometry:
 
 def _tracing() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-
-
-# Set by ``ncnn_graph()`` only: the network then computes the same function with operations NCNN
-# runs (tensors of at most four dimensions besides the batch of 1, constant pads, no argmax).
-_NCNN_GRAPH = False
-
-
-@contextlib.contextmanager
-def ncnn_graph() -> Iterator[None]:
-    """Within this context every forward takes the NCNN export path: the same function (a test
-    holds it equal to the main forward for every variant), written with operations pnnx converts
-    to NCNN layers. Batch 1 and inputs of at least ``2**levels`` pixels a side, like the ONNX
-    graph. The main forward never reads more than this flag."""
-    global _NCNN_GRAPH
-    previous, _NCNN_GRAPH = _NCNN_GRAPH, True
-    try:
-        yield
-    finally:
-        _NCNN_GRAPH = previous
 
 
 def _compiling() -> bool:
@@ -381,34 +334,6 @@ def partition_kv(
     return cols.permute(1, 0, 5, 2, 4, 3).flatten(1, 2)  # groups, B*nW, heads, Nk, d
 
 
-def partition_nchw(
-    x: Tensor,
-    window: int,
-    kv_window: int,
-    groups: int,
-    heads: int,
-    pad_value: float = 0.0,
-) -> Tensor:
-    """The NCNN graph's window partition (at most five dimensions, batch first): B, groups*C, Hp, Wp
-    -> B, groups*heads, nW, N, C/heads, with N = kv_window**2 (overlapping windows as in
-    ``partition_kv``, reading ``pad_value`` outside the map)."""
-    b, c = x.shape[:2]
-    d = c // (groups * heads)
-    if kv_window == window:
-        cols = F.pixel_unshuffle(
-            x, window
-        )  # B, C*N, nh, nw: channel (c, y, x) of window (nh, nw)
-    else:
-        margin = (kv_window - window) // 2
-        cols = F.unfold(
-            F.pad(x, (margin,) * 4, value=pad_value), kv_window, stride=window
-        )  # B, C*Nk, nW
-    cols = cols.reshape(
-        b, groups * heads, d, kv_window * kv_window, -1
-    )  # B, groups*heads, d, N, nW
-    return cols.permute(0, 1, 4, 3, 2)  # B, groups*heads, nW, N, d
-
-
 def relative_position_index(window: int, kv_window: int) -> Tensor:
     """Index into a ((window + kv_window - 1) ** 2)-entry bias table for every (query, key) pair."""
     # query i sits at i + off in its key window (off = (kv_window - window) // 2); the displacement
@@ -450,8 +375,6 @@ class WindowAttention(nn.Module):
         )
 
     def forward(self, t: Tensor, b: int, geo: WindowGeometry) -> Tensor:  # t: B*H*W, C
-        if _NCNN_GRAPH:
-            return self._forward_ncnn(t, b, geo)
         c = t.shape[-1]
         qkv = geo.pad(
             self.qkv(t), b
@@ -485,48 +408,6 @@ class WindowAttention(nn.Module):
         )  # B*nW, heads, N, d
         out = geo.merge(out, c // self.heads)  # B*H*W, C
         return self.proj(out)
-
-    def _forward_ncnn(self, t: Tensor, b: int, geo: WindowGeometry) -> Tensor:
-        """The same attention for the NCNN graph: windows cut by pixel_unshuffle (or unfold) from the
-        NCHW map, the key mask added to the logits, softmax written out, windows put back by
-        pixel_shuffle and a crop."""
-        c, heads, w = t.shape[-1], self.heads, self.window
-        qkv = (
-            self.qkv(t).view(b, geo.h, geo.w, 3 * c).permute(0, 3, 1, 2)
-        )  # B, 3C, H, W
-        # padded pixels read 1, not 0: their keys are masked (zero weight) and their queries cropped,
-        # and a zero vector's norm (rsqrt of 0) would be inf in fp16 arithmetic (NCNN on Vulkan/ARM)
-        qkv = geo.pad_nchw(qkv, 1.0)  # B, 3C, Hp, Wp
-        grid = (
-            qkv.shape[-2] // w,
-            qkv.shape[-1] // w,
-        )  # nh, nw: read from the map (pnnx keeps it dynamic)
-        if self.kv_window == w:
-            q, k, v = partition_nchw(qkv, w, w, 3, heads).chunk(
-                3, dim=1
-            )  # B, heads, nW, N, d each
-        else:
-            q = partition_nchw(qkv[:, :c], w, w, 1, heads)
-            k, v = partition_nchw(qkv[:, c:], w, self.kv_window, 2, heads, 1.0).chunk(
-                2, dim=1
-            )
-        q = q * torch.rsqrt(
-            torch.clamp((q * q).sum(dim=-1, keepdim=True), min=1e-24)
-        )  # cosine
-        k = k * torch.rsqrt(torch.clamp((k * k).sum(dim=-1, keepdim=True), min=1e-24))
-        scale = (
-            self.logit_scale.clamp(max=math.log(100.0)).exp().view(1, heads, 1, 1, 1)
-        )
-        bias = self.rel_bias.take(self.bias_index).unsqueeze(2)  # 1, heads, 1, N, Nk
-        logits = (
-            torch.matmul(q * scale, k.transpose(-1, -2)) + bias + geo.key_mask
-        )  # B, heads, nW, N, Nk
-        out = torch.matmul(logits.softmax(dim=-1), v)  # B, heads, nW, N, d
-        out = out.permute(0, 1, 4, 3, 2).reshape(b, c * w * w, *grid)  # B, C*N, nh, nw
-        out = F.pixel_shuffle(out, w)[
-            :, :, geo.shift : geo.shift + geo.h, geo.shift : geo.shift + geo.w
-        ]
-        return self.proj(out.permute(0, 2, 3, 1).reshape(-1, c))  # B*H*W, C
 
 
 class TokenMoE(nn.Module):
@@ -594,8 +475,6 @@ class TokenMoE(nn.Module):
     def forward(
         self, t: Tensor, residual: Tensor
     ) -> Tensor:  # t: N, C -> residual + MoE(t)
-        if _NCNN_GRAPH:
-            return self._forward_ncnn(t, residual)
         with torch.autocast(device_type=t.device.type, enabled=False):
             # fp32 routing even when the model was cast with .half() (chaiNNer does)
             logits = F.linear(
@@ -616,33 +495,6 @@ class TokenMoE(nn.Module):
             if self.training:
                 self.pending.add_(counts)
         return out
-
-    def _forward_ncnn(self, t: Tensor, residual: Tensor) -> Tensor:
-        """The dense form for the NCNN graph (fp32, eval): the chosen expert's one-hot is
-        1 - ceil(clamp(max - logit, 0, 1)), exact without argmax or comparisons (an exact tie of
-        two biased logits would select both; argmax picks the first), experts split by slicing."""
-        logits = self.router(t)  # N, E
-        biased = logits + self.route_bias
-        onehot = 1.0 - torch.ceil(
-            torch.clamp(biased.max(dim=-1, keepdim=True)[0] - biased, 0.0, 1.0)
-        )
-        gate = logits.softmax(dim=-1) * onehot  # N, E: p of the chosen, else 0
-        y = self.fc1(t)  # N, E*2H: expert e's gate then value columns
-        h = self.hidden
-        hidden = torch.cat(
-            [
-                F.gelu(y[:, 2 * h * e : 2 * h * e + h])
-                * y[:, 2 * h * e + h : 2 * h * (e + 1)]
-                * gate[:, e : e + 1]
-                for e in range(self.experts)
-            ],
-            dim=-1,
-        )  # N, E*H
-        return (
-            residual
-            + F.linear(gate, self.fc2_bias.t())
-            + F.linear(hidden, self.fc2.weight)
-        )
 
     def _dense(
         self, t: Tensor, residual: Tensor, choice: Tensor, probs: Tensor
@@ -929,8 +781,6 @@ class GlobalMix(nn.Module):
         return p * (t.norm(dim=-2, keepdim=True) / p.norm(dim=-2, keepdim=True))
 
     def forward(self, x: Tensor) -> Tensor:
-        if _NCNN_GRAPH:
-            return self._forward_ncnn(x)
         b, c, h, w = x.shape
         qkv = self.qkv(self.norm(x))  # B, 3C, H, W: q, k, v
         local = self.dwc(qkv[:, 2 * c :])
@@ -951,34 +801,6 @@ class GlobalMix(nn.Module):
             out = torch.bmm(kv.transpose(1, 2), q) / (denom + 1e-6)  # B*heads, d, N
         out = out.view(b, c, h, w).to(x.dtype)
         return _add_scaled(x, self.gamma, self.proj(out + local))
-
-    def _focus_unit(self, t: Tensor) -> Tensor:
-        """``_focus`` with the power taken of the unit vector (p / |p| is scale-free): no overflow
-        in fp16 arithmetic (NCNN on Vulkan/ARM), where the plain power overflows."""
-        t = F.relu(t) + 1e-6
-        norm = torch.sqrt((t * t).sum(dim=-2, keepdim=True))
-        p = (t / norm) ** self.focus
-        return p * (norm / torch.sqrt((p * p).sum(dim=-2, keepdim=True)))
-
-    def _forward_ncnn(self, x: Tensor) -> Tensor:
-        """The same mixer for the NCNN graph: four-dimensional (B, heads, d, N) tensors, the
-        token count read from a row of ones (a runtime size, not a traced constant)."""
-        b, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x))  # B, 3C, H, W
-        local = self.dwc(qkv[:, 2 * c :])
-        q, k, v = qkv.reshape(b, 3 * self.heads, c // self.heads, -1).chunk(
-            3, dim=1
-        )  # B, heads, d, N each
-        q, k = self._focus_unit(q), self._focus_unit(k)
-        n = (v[:, :1, :1] * 0.0 + 1.0).sum(dim=-1, keepdim=True)  # B, 1, 1, 1: N
-        kv = torch.matmul(
-            k, (v / n).transpose(-1, -2)
-        )  # B, heads, d, d (mean over tokens)
-        denom = (q * k.mean(dim=-1, keepdim=True)).sum(
-            dim=2, keepdim=True
-        )  # B, heads, 1, N
-        out = torch.matmul(kv.transpose(-1, -2), q) / (denom + 1e-6)  # B, heads, d, N
-        return _add_scaled(x, self.gamma, self.proj(out.reshape(b, c, h, w) + local))
 
 
 class Stage(nn.Module):
@@ -1190,8 +1012,6 @@ class DySampleHead(nn.Module):
         _near_zero_init(self.to_img)
 
     def forward(self, x: Tensor) -> Tensor:
-        if _NCNN_GRAPH:
-            return self._forward_ncnn(x)
         b, c, h, w = x.shape
         s, g = self.scale, self.groups
         offset = (
@@ -1216,39 +1036,6 @@ class DySampleHead(nn.Module):
             align_corners=False,
         )  # B*g, C/g, sH, sW
         return self.to_img(out.view(b, c, h * s, w * s).to(x.dtype))
-
-    def _forward_ncnn(self, x: Tensor) -> Tensor:
-        """The same head for the NCNN graph (batch 1): one grid_sample per group, the output pixel
-        centres counted with cumsum and the 2 / size normalisation read from a row of ones (no
-        arange of a runtime size)."""
-        s, g = self.scale, self.groups
-        offset = F.pixel_shuffle(
-            self.offset(x) * self.scope(x).sigmoid() * 0.5, s
-        )  # 1, 2g, sH, sW
-        ones = offset[:, :1] * 0.0 + 1.0  # 1, 1, sH, sW
-        xs = (
-            ones.cumsum(dim=3) - 0.5
-        ) / s  # LR x coordinate of each output pixel centre, + 0.5
-        ys = (ones.cumsum(dim=2) - 0.5) / s
-        sx = (2.0 * s) / ones.sum(dim=3, keepdim=True)  # 2 / W
-        sy = (2.0 * s) / ones.sum(dim=2, keepdim=True)  # 2 / H
-        outs = []
-        for i, feats in enumerate(x.chunk(g, dim=1)):  # 1, C/g, H, W each
-            gx = (
-                xs + offset[:, 2 * i : 2 * i + 1]
-            ) * sx - 1.0  # 1, 1, sH, sW (normalised, align_corners=False)
-            gy = (ys + offset[:, 2 * i + 1 : 2 * i + 2]) * sy - 1.0
-            grid = torch.cat([gx, gy], dim=1).permute(0, 2, 3, 1)  # 1, sH, sW, 2
-            outs.append(
-                F.grid_sample(
-                    feats,
-                    grid,
-                    mode="bilinear",
-                    padding_mode="border",
-                    align_corners=False,
-                )
-            )
-        return self.to_img(torch.cat(outs, dim=1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1610,16 +1397,6 @@ def _check_input(x: Tensor, in_ch: int) -> None:
 def _pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
     """Reflect-pad bottom/right to a multiple (replicate where the image is too small to reflect)."""
     h, w = x.shape[-2:]
-    if (
-        _NCNN_GRAPH
-    ):  # a constant reflect pad (NCNN pads by constants only), cropped to the multiple
-        x = F.pad(x, (0, multiple - 1, 0, multiple - 1), mode="reflect")
-        return x[
-            :,
-            :,
-            : (h + multiple - 1) // multiple * multiple,
-            : (w + multiple - 1) // multiple * multiple,
-        ]
     # no early return when nothing is needed: a traced (ONNX) graph must keep the pad for other sizes
     ph, pw = (-h) % multiple, (-w) % multiple
     mode = "reflect" if ph < h and pw < w else "replicate"
