@@ -74,7 +74,7 @@ def amp_training(dev: str, steps: int) -> list[dict]:
             rows.append(dict(model=name, dtype=str(dtype), steps=steps, first_loss=losses[0], last_loss=losses[-1],
                              losses_finite=finite, params_finite=params_finite,
                              skipped_steps_scale=float(scaler.get_scale()) if scaler.is_enabled() else None,
-                             loads=[[round(v, 3) for v in l.tolist()] for l in model.moe_loads()[:2]],
+                             loads=[[round(v, 3) for v in load.tolist()] for load in model.moe_loads()[:2]],
                              seconds=round(time.time() - t0, 1)))
             print(rows[-1], flush=True)
     return rows

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=7)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    print(f"| model | input | PyTorch s | onnxruntime s | ncnn s | ort / PyTorch | ncnn / PyTorch | ncnn max abs diff |")
+    print("| model | input | PyTorch s | onnxruntime s | ncnn s | ort / PyTorch | ncnn / PyTorch | ncnn max abs diff |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in args.models.split(","):
         torch.manual_seed(0)

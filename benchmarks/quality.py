@@ -189,24 +189,30 @@ def load_val(folder: Path, scale: int, sigma: float, cache: Path, max_side: int 
         if max_side:  # optional centre crop of the input (keeps validation cheap on slow machines)
             h, w = inp.shape[:2]
             ch, cw = min(h, max_side), min(w, max_side)
-            t, l = (h - ch) // 2, (w - cw) // 2
-            inp = inp[t:t + ch, l:l + cw]
+            top, left = (h - ch) // 2, (w - cw) // 2
+            inp = inp[top:top + ch, left:left + cw]
             s = max(scale, 1)
-            hr = hr[t * s:(t + ch) * s, l * s:(l + cw) * s]
+            hr = hr[top * s:(top + ch) * s, left * s:(left + cw) * s]
         out.append(ValImage(name, imgops.to_tensor(inp), hr))
     return out
 
 
 @torch.no_grad()  # not inference_mode: see GRAD_MODE in efficiency.py
-def validate(model, images: list[ValImage], scale: int, device: str) -> tuple[float, float]:
+def validate_images(model, images: list[ValImage], scale: int, device: str) -> list[tuple[str, float, float]]:
+    """(name, PSNR-Y, SSIM-Y) of every image."""
     model.eval()
-    ps, ss = [], []
+    out = []
     for im in images:
         sr = imgops.to_uint8(model(im.inp.to(device)))
-        ps.append(imgops.psnr_y(sr, im.hr, scale))
-        ss.append(imgops.ssim_y(sr, im.hr, scale))
+        out.append((im.name, imgops.psnr_y(sr, im.hr, scale), imgops.ssim_y(sr, im.hr, scale)))
     model.train()
-    return float(np.mean(ps)), float(np.mean(ss))
+    return out
+
+
+def validate(model, images: list[ValImage], scale: int, device: str) -> tuple[float, float]:
+    """Mean PSNR-Y and SSIM-Y over the images."""
+    per = validate_images(model, images, scale, device)
+    return float(np.mean([p for _, p, _ in per])), float(np.mean([s for _, _, s in per]))
 
 
 def lr_at(it: int, iters: int, base: float, warmup: int) -> float:
@@ -396,9 +402,24 @@ def train_one(name: str, task: str, cfg: dict, train_pairs, val_sets: dict[str, 
 
 def judge_rows(model, judge: dict[str, list[ValImage]], task: str, cfg: dict, name: str, params: int, iters: int,
                timing: dict, args) -> list[dict]:
-    """The held-out judge set, evaluated once on final weights (nothing reads it to choose anything)."""
-    return [{**_row(task, cfg, name, params, iters, set_name, *validate(model, images, cfg["scale"], args.device)),
-             **timing} for set_name, images in judge.items()]
+    """The held-out judge set, evaluated once on final weights (nothing reads it to choose anything),
+    with every image's PSNR-Y (``per_image_psnr_y``) for paired comparisons between models."""
+    rows = []
+    for set_name, images in judge.items():
+        per = validate_images(model, images, cfg["scale"], args.device)
+        row = _row(task, cfg, name, params, iters, set_name, float(np.mean([p for _, p, _ in per])),
+                   float(np.mean([s for _, _, s in per])))
+        rows.append({**row, **timing, "per_image_psnr_y": {n: round(p, 4) for n, p, _ in per}})
+    return rows
+
+
+def judge_complete(entry: dict, judge_sets) -> bool:
+    """Every judge set has a row with per-image PSNR in it."""
+    have = {r["set"] for r in entry["rows"] if "per_image_psnr_y" in r}
+    return all(s in have for s in judge_sets)
+
+
+ROW_CODE = ("hyresr_arch/hyresr_arch.py", "benchmarks/quality.py", "benchmarks/zoo.py", "benchmarks/imgops.py")
 
 
 def _git_revision() -> str:
@@ -407,7 +428,8 @@ def _git_revision() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=zoo.REPO, capture_output=True, text=True,
                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=zoo.REPO,
+        # uncommitted changes to the code that computes a row (not to docs or other rows)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *ROW_CODE], cwd=zoo.REPO,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return rev + ("+uncommitted" if dirty else "") if rev else "?"
     except (OSError, subprocess.SubprocessError):
@@ -433,17 +455,24 @@ def cached_or_trained(name: str, task: str, cfg: dict, train_pairs, val_sets, ar
         if fingerprint is not None and not same_network(entry.get("fingerprint", {"init_sha256": ""}), fingerprint):
             log(f"    {name}: {path.name} was made by a network that computes differently; retraining")
         else:
-            missing = [s for s in (judge or {}) if s not in {r["set"] for r in entry["rows"]}]
+            # judge sets not evaluated yet, or evaluated before per-image values were stored
+            missing = [s for s in (judge or {}) if not judge_complete(entry, [s])]
             weights = args.out / "weights" / f"{tag}.pth"
             if missing and weights.exists():
                 model = build_model(name, cfg["scale"], args).to(args.device)
                 model.load_state_dict(torch.load(weights, map_location=args.device, weights_only=True))
                 r0 = entry["rows"][0]
                 timing = {k: r0[k] for k in ("train_s", "s_per_iter", "wall_s", "cpu_s", "moe_loads") if k in r0}
-                entry["rows"] += judge_rows(model, {s: judge[s] for s in missing}, task, cfg, name, r0["params"],
-                                            r0["iters"], timing, args)
+                new = judge_rows(model, {s: judge[s] for s in missing}, task, cfg, name, r0["params"], r0["iters"],
+                                 timing, args)
+                for row in new:  # a mean stored before must come out again from the same weights
+                    old = next((r for r in entry["rows"] if r["set"] == row["set"]), None)
+                    if old is not None and abs(old["psnr_y"] - row["psnr_y"]) > 1e-3:
+                        raise RuntimeError(f"{weights} gives {row['set']} {row['psnr_y']} dB, {path.name} says "
+                                           f"{old['psnr_y']}: these are not the weights of that row")
+                entry["rows"] = [r for r in entry["rows"] if r["set"] not in missing] + new
                 path.write_text(json.dumps(entry, indent=1) + "\n")
-                log(f"    {name}: added {', '.join(missing)} to {path.name} from {weights}")
+                log(f"    {name}: added {', '.join(missing)} (per image) to {path.name} from {weights}")
             elif missing:
                 log(f"    {name}: {path.name} has no {', '.join(missing)} rows and {weights} is not here")
             log(f"    {name}: stored result {path.name} (trained {entry['date']}, {entry['rows'][0]['wall_s']:.0f} s wall)")
@@ -522,7 +551,9 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     if not rows:
         return
     with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        # scalar columns of every row (a judge row's per-image values stay in the row files)
+        fields = list(dict.fromkeys(k for r in rows for k, v in r.items() if not isinstance(v, (dict, list))))
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
 
@@ -654,6 +685,7 @@ def main(argv: list[str] | None = None) -> int:
                                                   "start), not evidence of quality; use --profile standard" if args.profile == "quick" else ""))
     rows, curves = [], []
     t_all = time.time()
+    failed: list[str] = []
     for task in tasks:
         cfg = TASKS[task]
         names = [m for m in cfg["models"] if not args.models or m in args.models.split(",")]
@@ -670,8 +702,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             try:
                 r, c = cached_or_trained(name, task, cfg, train_pairs, val_sets, args, log, judge)
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:  # noqa: BLE001  (the other models still run; the exit status says so)
                 log(f"    {name}: FAILED {type(err).__name__}: {err}")
+                failed.append(name)
                 continue
             rows += r
             curves += c
@@ -686,8 +719,10 @@ def main(argv: list[str] | None = None) -> int:
               f"recipe {args.recipe} ({RECIPES[args.recipe]}), L1, seed {args.seed}; total {time.time() - t_all:.0f} s"]
     png = write_report(args.out, rows, curves, tasks, args.profile, header, command)
     log(f"total {time.time() - t_all:.0f} s; wrote {args.out / 'quality.csv'}, quality.md" + (f", {png}" if png else ""))
+    if failed:
+        log(f"FAILED: {', '.join(failed)}")
     logf.close()
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -118,7 +118,8 @@ def _args_for(job: Job, out: Path) -> argparse.Namespace:
 
 
 def load_entry(job: Job, out: Path) -> tuple[dict | None, str]:
-    """The job's stored row entry and its state: 'done', 'no judge', 'stale' or 'missing'."""
+    """The job's stored row entry and its state: 'done', 'no judge' (no judge row, or one without
+    per-image values: ``run`` adds it from the run's weights), 'stale' or 'missing'."""
     path, _, _ = quality.row_file(job.model, "x4", _args_for(job, out))
     if not path.exists():
         return None, "missing"
@@ -127,7 +128,7 @@ def load_entry(job: Job, out: Path) -> tuple[dict | None, str]:
         fp = quality.network_fingerprint(lambda: zoo.build(job.model, 4))
         if not quality.same_network(entry.get("fingerprint", {"init_sha256": ""}), fp):
             return entry, "stale"
-    return entry, "done" if quality.JUDGE in {r["set"] for r in entry["rows"]} else "no judge"
+    return entry, "done" if quality.judge_complete(entry, [quality.JUDGE]) else "no judge"
 
 
 def resume_file(job: Job, out: Path) -> Path | None:
@@ -291,6 +292,28 @@ def head_start(entries: dict[Job, dict]) -> list[str]:
     return md if len(md) > 2 else []
 
 
+def paired_judge(entries: dict[Job, dict], draws: int = 10_000) -> list[str]:
+    """Each goal's judge-set margin image by image: the mean of the per-image differences (the table's
+    margin), a 95 % bootstrap interval over the 30 images (resampled in pairs; how much the margin
+    could move on another sample of such images), and on how many images HyReSR is ahead."""
+    import numpy as np
+
+    per = {(j.config, j.model): r["per_image_psnr_y"] for j, e in entries.items() for r in e["rows"]
+           if r["set"] == quality.JUDGE and "per_image_psnr_y" in r}
+    md = ["| HyReSR | peer | configuration | margin | 95 % interval | images ahead |", "|---|---|---|---:|---|---:|"]
+    rng = np.random.default_rng(0)
+    for ours, peer, goal, configs in GOALS:
+        for c in configs:
+            a, b = per.get((c, ours)), per.get((c, peer))
+            if not a or not b or set(a) != set(b):
+                continue
+            d = np.array([a[k] - b[k] for k in sorted(a)])
+            boot = d[rng.integers(0, len(d), (draws, len(d)))].mean(axis=1)
+            lo, hi = np.percentile(boot, [2.5, 97.5])
+            md.append(f"| {ours} | {peer} | {c} | {d.mean():+.3f} | {lo:+.3f} .. {hi:+.3f} | {(d > 0).sum()}/{len(d)} |")
+    return md if len(md) > 2 else []
+
+
 def runs(entries: dict[Job, dict], states: dict[Job, str]) -> list[str]:
     """Every job: its wall and CPU time, when and at which revision it ran, and the machine's load
     when it started (two jobs on two cores read ~2; more means the run was contended)."""
@@ -341,6 +364,10 @@ def report(out: Path, doc: Path = DOC, readme: Path = README) -> int:
     if control:
         lines += ["Head-start control (standard configuration): HyReSR's lead over each plain peer and over the "
                   "same peer with HyReSR's bilinear global residual.", "", *control, ""]
+    paired = paired_judge(entries)
+    if paired:
+        lines += [f"{quality.JUDGE} image by image: the margin, a 95 % bootstrap interval over its images "
+                  "(resampled in pairs) and on how many images HyReSR is ahead.", "", *paired, ""]
     lines += ["Runs (one process at 1 thread each, two at a time on the 2-core machine):", "", *runs(entries, states), ""]
     png = plot_long(entries, doc.parent / "img" / "study_long_curves.png")
     if png:

@@ -125,10 +125,27 @@ def test_hyresr_rows_are_stored_reused_checked_for_staleness_and_judged(folders,
     assert "stored result" in (folders / "run" / "quality.log").read_text()
 
     # a stored row without the judge set gets it from the saved final weights, not by training
+    judged = entry["rows"][1]
     entry["rows"] = entry["rows"][:1]
     path.write_text(json.dumps(entry))
     quality.main(_argv(folders, "hyresr_tiny", *judge, "--out", str(folders / "run")))
-    assert [r["set"] for r in json.loads(path.read_text())["rows"]] == ["val", "judge"]
+    assert json.loads(path.read_text())["rows"][1] == judged
+    # every judge image's PSNR is stored, and they average to the row's mean (an independent recomputation)
+    per = judged["per_image_psnr_y"]
+    assert sorted(per) == sorted(p.stem for p in (folders / "judge").iterdir())
+    assert abs(np.mean(list(per.values())) - judged["psnr_y"]) < 1e-3
+    # a judge row from before per-image values were stored is redone from the weights, and must agree
+    older = {k: v for k, v in judged.items() if k != "per_image_psnr_y"}
+    path.write_text(json.dumps({**entry, "rows": entry["rows"] + [older]}))
+    assert not quality.judge_complete(json.loads(path.read_text()), ["judge"])
+    quality.main(_argv(folders, "hyresr_tiny", *judge, "--out", str(folders / "run")))
+    assert json.loads(path.read_text())["rows"][1] == judged
+    path.write_text(json.dumps({**entry, "rows": entry["rows"] + [{**older, "psnr_y": older["psnr_y"] + 0.5}]}))
+    before = path.read_text()
+    assert quality.main(_argv(folders, "hyresr_tiny", *judge, "--out", str(folders / "run"))) == 1  # fails
+    assert "not the weights of that row" in (folders / "run" / "quality.log").read_text()
+    assert path.read_text() == before  # and loses nothing
+    path.write_text(json.dumps({**entry, "rows": entry["rows"] + [judged]}))
 
     # a network that computes differently makes the row stale: it is retrained
     fp = quality.network_fingerprint(lambda: zoo.build("hyresr_tiny", 4))
@@ -252,6 +269,10 @@ def test_report_writes_the_head_start_control_the_run_times_and_the_readme_summa
         if job.config == "long" and job.model == "SPAN":
             return None, "missing"
         rows = [{"set": s, "psnr_y": base[job.model], "wall_s": 600.0, "cpu_s": 540.0} for s in study.SETS]
+        if job.config == "standard" and job.model in ("hyresr_tiny", "SAFMN"):
+            # tiny ahead by 0.7 dB on 3 of 4 images and behind by 0.1 on one: mean +0.5
+            gap = [0.7, 0.7, 0.7, -0.1] if job.model == "hyresr_tiny" else [0.0] * 4
+            rows[-1]["per_image_psnr_y"] = {f"img_{i}": 29.5 + g for i, g in enumerate(gap)}
         return {"rows": rows, "curve": [], "date": "2026-12-03 07:00", "revision": "abc1234",
                 "machine": "CPU x, 1 threads, loadavg 2.05"}, "done"
 
@@ -267,6 +288,9 @@ def test_report_writes_the_head_start_control_the_run_times_and_the_readme_summa
     assert "| hyresr_tiny | SAFMN | Urban100 | +0.500 | +0.200 | 40% |" in d
     assert "| hyresr_tiny | SPAN | Set5 | +0.100 | -0.100 | -100% |" in d
     assert "| long | SPAN | 10,000 | missing | | | | | |" in d
+    paired = next(line for line in d.splitlines() if line.startswith("| hyresr_tiny | SAFMN | standard | +0.500 |"))
+    lo, hi = (float(v) for v in paired.split("|")[5].split(".."))
+    assert -0.1 <= lo < 0.5 < hi <= 0.7 and paired.endswith("| 3/4 |")  # bootstrap means lie within the images' range
     assert "| standard | SAFMN | 2,000 | done | 10 min | 9 min | 2026-12-03 07:00 | abc1234 | 2.05 |" in d
     # the README quotes the same table and verdicts, nothing else from the study
     assert "old" not in r.split(study.README_BEGIN)[1] and r.endswith("## Next\n")

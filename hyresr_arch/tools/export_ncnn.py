@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import copy
 import os
-import re
 import subprocess
 import sys
 import tempfile

@@ -114,7 +114,6 @@ def upscale_tensor(runner: Runner, x: torch.Tensor, tile: int = 0, overlap: int 
 
 def upscale_image(runner: Runner, img: Image, tile: int = 0, overlap: int = 32, alpha_mode: str = "model",
                   progress: bool = False, name: str = "") -> Image:
-    s = runner.scale
     grey_in = img.color.shape[2] == 1
     color = img.color
     alpha = img.alpha
