@@ -213,7 +213,9 @@ def run_queue(out: Path, n: int, models: set[str] | None = None, poll_s: float =
             elsewhere = now
             states.clear()
         while len(running) + len(elsewhere) < n:  # n jobs on the machine, whoever started them
-            job = next((j for j in queue(todo, out) if j not in tried and j not in running and not done(j)
+            # rows that only need their judge set from saved weights first: seconds, not hours
+            order = sorted(queue(todo, out), key=lambda j: done(j) or states[j] != "no judge")
+            job = next((j for j in order if j not in tried and j not in running and not done(j)
                         and take_lock(lock_path(j, out))), None)
             if job is None:
                 break

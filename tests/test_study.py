@@ -233,15 +233,21 @@ me.unlink()
 """
 
 
-def test_run_queue_runs_each_unfinished_job_once_n_at_a_time_and_respects_live_locks(tmp_path, monkeypatch):
+def test_run_queue_runs_each_unfinished_job_once_n_at_a_time_and_respects_live_locks(tmp_path, monkeypatch, capsys):
     bench = tmp_path / "bench"
     bench.mkdir()
     (bench / "quality.py").write_text(FAKE_QUALITY)
     out = tmp_path / "out"
     monkeypatch.setattr(study, "BENCH", bench)
     ran = out / "ran"
-    monkeypatch.setattr(study, "load_entry", lambda job, o: (None, "done" if (ran / f"{job.config}_{job.model}").exists()
-                                                             or job.config == "long" else "missing"))
+    def fake_state(job, o):
+        if (ran / f"{job.config}_{job.model}").exists():
+            return None, "done"
+        if job == study.Job("long", "SAFMN"):
+            return None, "no judge"  # a row that needs only its judge set: taken first
+        return None, "done" if job.config == "long" else "missing"
+
+    monkeypatch.setattr(study, "load_entry", fake_state)
     held, stale = study.Job("plain", "SPAN"), study.Job("seed1", "SPAN")
     study.lock_path(held, out).parent.mkdir(parents=True)
     study.lock_path(held, out).write_text(str(os.getpid()))  # a live process runs it elsewhere
@@ -253,7 +259,9 @@ def test_run_queue_runs_each_unfinished_job_once_n_at_a_time_and_respects_live_l
     late = threading.Timer(1.0, lambda: [study.lock_path(study.Job(c, "SAFMN"), out).unlink() for c in ("seed1", "plain")])
     late.start()  # all 3 slots held elsewhere at first: run waits for them instead of returning
     assert study.run_queue(out, 3, poll_s=0.05) == 0  # 3 on the machine, one of them the held job
-    expected = {f"{j.config}_{j.model}" for j in study.jobs() if j.config != "long" and j != held}
+    started = [line.split("] ")[1].split(" (")[0] for line in capsys.readouterr().out.splitlines() if "(~" in line]
+    assert started[0] == "long SAFMN"
+    expected = {f"{j.config}_{j.model}" for j in study.jobs() if j.config != "long" and j != held} | {"long_SAFMN"}
     assert {p.name for p in ran.iterdir()} == expected
     assert max(int(p.read_text()) for p in (out / "seen").iterdir()) == 2  # 3 minus the held one
     assert not study.lock_path(stale, out).exists() and study.lock_path(held, out).exists()
