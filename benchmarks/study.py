@@ -317,19 +317,20 @@ def paired_judge(entries: dict[Job, dict], draws: int = 10_000) -> list[str]:
 
 
 def runs(entries: dict[Job, dict], states: dict[Job, str]) -> list[str]:
-    """Every job: its wall and CPU time, when and at which revision it ran, and the machine's load
-    when it started (two jobs on two cores read ~2; more means the run was contended)."""
-    md = ["| configuration | model | steps | state | wall | CPU | trained | revision | loadavg at start |",
-          "|---|---|---:|---|---:|---:|---|---|---:|"]
+    """Every job: its wall and CPU time, when and at which revision it ran. CPU / wall is the share of
+    a core the 1-thread process got: about 1 when it had its core to itself, less when it shared it
+    (the wall time is then inflated; the PSNR is not affected)."""
+    md = ["| configuration | model | steps | state | wall | CPU | CPU / wall | stored | revision |",
+          "|---|---|---:|---|---:|---:|---:|---|---|"]
     for job, state in states.items():
         e = entries.get(job)
         if e is None:
             md.append(f"| {job.config} | {job.model} | {job.steps:,} | {state} | | | | | |")
             continue
         r0 = e["rows"][0]
-        load = e.get("machine", "").rpartition("loadavg ")[2] or "?"
         md.append(f"| {job.config} | {job.model} | {job.steps:,} | {state} | {r0['wall_s'] / 60:.0f} min | "
-                  f"{r0['cpu_s'] / 60:.0f} min | {e['date']} | {e.get('revision', '?')} | {load} |")
+                  f"{r0['cpu_s'] / 60:.0f} min | {r0['cpu_s'] / r0['wall_s']:.2f} | {e['date']} | "
+                  f"{e.get('revision', '?')} |")
     return md
 
 

@@ -299,7 +299,7 @@ def test_report_writes_the_head_start_control_the_run_times_and_the_readme_summa
     paired = next(line for line in d.splitlines() if line.startswith("| hyresr_tiny | SAFMN | standard | +0.500 |"))
     lo, hi = (float(v) for v in paired.split("|")[5].split(".."))
     assert -0.1 <= lo < 0.5 < hi <= 0.7 and paired.endswith("| 3/4 |")  # bootstrap means lie within the images' range
-    assert "| standard | SAFMN | 2,000 | done | 10 min | 9 min | 2026-12-03 07:00 | abc1234 | 2.05 |" in d
+    assert "| standard | SAFMN | 2,000 | done | 10 min | 9 min | 0.90 | 2026-12-03 07:00 | abc1234 |" in d
     # the README quotes the same table and verdicts, nothing else from the study
     assert "old" not in r.split(study.README_BEGIN)[1] and r.endswith("## Next\n")
     table_line = next(line for line in d.splitlines() if line.startswith("| SPAN |") and "..." in line)
