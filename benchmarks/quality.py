@@ -87,8 +87,9 @@ PROFILES: dict[str, dict] = {
     # 0.2 s/step (hyresr_tiny, SAFMN) to 1.7 s/step (SwinIR-light) at 1 CPU thread
     "standard": {"iters": {"x4": 2000, "x2": 2000, "x1": 1000}, "patch": 32, "batch": 8, "lr": 5e-4,
                  "evals": 8, "curve_set": "Set5", "val_max_side": 0},
-    # issue 19: five times the standard budget (x4 only), Set5/Set14 every 1,000 steps; ~6-8 h of 2 cores
-    # for its five models, so run one process per model (benchmarks/study.py), resumable
+    # issue 19: five times the standard budget (x4 only), Set5/Set14 every 1,000 steps; about 32 core-hours
+    # for its five models at 1 thread (SwinIR-light alone ~14), so one process per model, resumable
+    # across sessions (benchmarks/study.py)
     "long": {"iters": {"x4": 10000}, "patch": 32, "batch": 8, "lr": 5e-4, "evals": 10, "curve_set": "Set5",
              "val_max_side": 0},
 }
