@@ -295,6 +295,18 @@ def head_start(entries: dict[Job, dict]) -> list[str]:
     return md if len(md) > 2 else []
 
 
+def seed_spread(entries: dict[Job, dict]) -> list[str]:
+    """How far one model moves between seeds (seed 1 minus seed 0, standard profile and recipe): a
+    margin smaller than this is within what a reseed can change."""
+    psnr = _psnr(entries)
+    md = ["| model | " + " | ".join(SETS) + " |", "|---|" + "---:|" * len(SETS)]
+    for m in MODELS["seed1"]:
+        if all(("standard", m, s) in psnr and ("seed1", m, s) in psnr for s in SETS):
+            md.append(f"| {m} | " + " | ".join(f"{psnr[('seed1', m, s)] - psnr[('standard', m, s)]:+.3f}" for s in SETS)
+                      + " |")
+    return md if len(md) > 2 else []
+
+
 def paired_judge(entries: dict[Job, dict], draws: int = 10_000) -> list[str]:
     """Each goal's judge-set margin image by image: the mean of the per-image differences (the table's
     margin), a 95 % bootstrap interval over the 30 images (resampled in pairs; how much the margin
@@ -368,6 +380,10 @@ def report(out: Path, doc: Path = DOC, readme: Path = README) -> int:
     if control:
         lines += ["Head-start control (standard configuration): HyReSR's lead over each plain peer and over the "
                   "same peer with HyReSR's bilinear global residual.", "", *control, ""]
+    spread = seed_spread(entries)
+    if spread:
+        lines += ["Seed spread (seed 1 minus seed 0, standard profile and recipe, dB): a margin smaller than "
+                  "this is within what a reseed changes.", "", *spread, ""]
     paired = paired_judge(entries)
     if paired:
         lines += [f"{quality.JUDGE} image by image: the margin, a 95 % bootstrap interval over its images "
