@@ -210,10 +210,14 @@ def validate_images(model, images: list[ValImage], scale: int, device: str) -> l
     return out
 
 
+def _means(per: list[tuple[str, float, float]]) -> tuple[float, float]:
+    """Mean PSNR-Y and SSIM-Y of ``validate_images``'s list."""
+    return float(np.mean([p for _, p, _ in per])), float(np.mean([s for _, _, s in per]))
+
+
 def validate(model, images: list[ValImage], scale: int, device: str) -> tuple[float, float]:
     """Mean PSNR-Y and SSIM-Y over the images."""
-    per = validate_images(model, images, scale, device)
-    return float(np.mean([p for _, p, _ in per])), float(np.mean([s for _, _, s in per]))
+    return _means(validate_images(model, images, scale, device))
 
 
 def lr_at(it: int, iters: int, base: float, warmup: int) -> float:
@@ -408,8 +412,7 @@ def judge_rows(model, judge: dict[str, list[ValImage]], task: str, cfg: dict, na
     rows = []
     for set_name, images in judge.items():
         per = validate_images(model, images, cfg["scale"], args.device)
-        row = _row(task, cfg, name, params, iters, set_name, float(np.mean([p for _, p, _ in per])),
-                   float(np.mean([s for _, _, s in per])))
+        row = _row(task, cfg, name, params, iters, set_name, *_means(per))
         rows.append({**row, **timing, "per_image_psnr_y": {n: round(p, 4) for n, p, _ in per}})
     return rows
 

@@ -141,7 +141,7 @@ def queue(all_jobs: list[Job], out: Path) -> list[Job]:
     """The order jobs are taken in: started ones first (their steps are paid for), then the 2,000-step
     ones shortest first (results early), then the long ones longest first (the cores end together)."""
     def rank(j: Job):
-        short = quality.PROFILES[CONFIGS[j.config]["profile"]]["iters"]["x4"] <= 2000
+        short = j.steps <= 2000
         return (resume_file(j, out) is None, not short, j.estimate_s if short else -j.estimate_s)
     return sorted(all_jobs, key=rank)
 
@@ -162,8 +162,7 @@ def take_lock(path: Path) -> bool:
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
-        text = path.read_text().strip()
-        if text.isdigit() and _alive(int(text)):
+        if _held(path):
             return False
         path.unlink(missing_ok=True)
         return take_lock(path)
