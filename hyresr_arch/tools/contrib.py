@@ -363,7 +363,7 @@ def _drop_top_level(code: str, names: tuple[str, ...]) -> str:
                          for t in (n.targets if isinstance(n, ast.Assign) else [n.target])))), None)
         if node is None:
             raise ContribError(f"the network part of hyresr_arch.py no longer defines {name}: update "
-                               "TRAINNER_DROPPED in hyresr_arch/tools/contrib.py")
+                               "TRAINNER_DROPPED or NCNN_FLAG in hyresr_arch/tools/contrib.py")
         start, end = _lines(code, node)
         code = _splice(code, _with_comments_above(code, start), end, [])
     code = re.sub(r"\n{4,}", "\n\n\n", code)
