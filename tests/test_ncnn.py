@@ -9,6 +9,8 @@ conversions are in ``benchmarks/ncnn_matrix.py`` (minutes each), not here.
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -69,6 +71,22 @@ def test_ncnn_graph_is_only_a_context():
             assert H.hyresr_arch._NCNN_GRAPH
             raise RuntimeError
     assert not H.hyresr_arch._NCNN_GRAPH
+
+
+
+@pytest.mark.parametrize(("size", "window", "heads"), [((12, 18), 6, 2), ((16, 8), 8, 3)])
+def test_ncnn_windows_round_trip_and_match_the_main_partition(size, window, heads):
+    """windows_nchw cuts the same windows as the main path's partition (pixel (y, x) of window
+    (i, j) is map pixel (i*w + y, j*w + x)), one tensor per part, and unwindow_nchw puts them back."""
+    d = 5
+    x = torch.randn(2, heads * d, *size, generator=torch.Generator().manual_seed(0))
+    parts = H.hyresr_arch.windows_nchw(x, window, heads)
+    nh, nw = size[0] // window, size[1] // window
+    assert [p.shape for p in parts] == [(2, nh, nw, window * window, d)] * heads
+    for h, p in enumerate(parts):
+        ref = x[:, h * d : (h + 1) * d].unfold(2, window, window).unfold(3, window, window)  # B, d, nh, nw, w, w
+        assert torch.equal(p, ref.flatten(4).permute(0, 2, 3, 4, 1))
+    assert torch.equal(H.hyresr_arch.unwindow_nchw(parts, window), x)
 
 
 # --------------------------------------------------------------------------- real conversions
@@ -148,6 +166,17 @@ def test_files_hold_only_ncnn_layers_and_the_upscalers_blob_names(tiny4_files):
     assert not [f for f in param.parent.iterdir() if ".partial" in f.name or f.name.startswith(".")]
 
 
+def test_graph_has_no_reshape_forms_ncnn_runs_slowly(tiny4_files):
+    """No Reshape takes its sizes from a second blob, and none is a batch reshape (params 12/13):
+    NCNN's CPU runs both forms ~40x slower than a plain reshape (the graph with them ran 20x
+    slower than PyTorch), and pnnx writes them for a token matrix <-> map transition."""
+    param, _ = tiny4_files
+    reshapes = [line.split() for line in param.read_text().splitlines()[2:] if line.startswith("Reshape")]
+    assert reshapes
+    assert [r[1] for r in reshapes if int(r[2]) != 1] == []
+    assert [r[1] for r in reshapes if any(f.startswith(("12=", "13=")) for f in r[4 + int(r[2]) + int(r[3]):])] == []
+
+
 def test_upscale_runs_param_models_with_tiles(tmp_path, tiny4_files, tiny4):
     param, _ = tiny4_files
     facts = runners.ncnn_graph_facts(param)
@@ -200,3 +229,17 @@ def test_output_names():
     json.dumps(export_ncnn.trace_sizes(H.hyresr_tiny(scale=2)))
     (h1, w1), (h2, w2) = export_ncnn.trace_sizes(H.hyresr_rest(scale=1))
     assert min(h1, w1) >= 32 and h2 - h1 == w2 - w1 == 8 * 32
+
+
+def test_ncnn_profile_times_each_layer_of_the_file_once(tiny4_files):
+    """benchmarks/ncnn_profile.py: one entry per layer (the header's count, less the input), in file
+    order, each extract succeeding (an unknown blob name would make ncnn return an empty Mat)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import ncnn_profile
+
+    param, bin_path = tiny4_files
+    whole, total, per = ncnn_profile.profile(param, bin_path, 24, repeats=1)
+    count = int(param.read_text().splitlines()[1].split()[0])
+    assert [p[2] for p in per] == [layer[1] for layer in ncnn_profile.layers(param)]
+    assert len(per) == count - 1
+    assert whole > 0 and total > 0

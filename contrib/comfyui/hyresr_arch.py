@@ -121,6 +121,21 @@ class GatedFFN(nn.Module):
         a, b = self.fc1(x).chunk(2, dim=-1)
         return self.fc2(F.gelu(a) * b)
 
+    def forward_map(self, x: Tensor) -> Tensor:  # the NCNN graph's form: B, C, H, W
+        a, b = pointwise(self.fc1, x).chunk(2, dim=1)
+        return pointwise(self.fc2, F.gelu(a) * b)
+
+
+def pointwise(linear: nn.Linear, x: Tensor) -> Tensor:
+    """``linear`` on the channels of a B, C, H, W map, as a 1x1 convolution (the NCNN graph's
+    token layout: see ``HighFreqPath``)."""
+    return F.conv2d(x, linear.weight[:, :, None, None], linear.bias)
+
+
+def channel_norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:
+    """``norm`` over the channels of a B, C, H, W map (NCNN's LayerNorm normalises the last axis)."""
+    return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
 
 # --------------------------------------------------------------------------------------------
 # (A) Frequency split
@@ -263,7 +278,8 @@ class WindowGeometry:
     def _init_ncnn(self, x: Tensor, shift: bool) -> None:
         """The NCNN graph's geometry (``ncnn_graph()``): constant pads, then a crop to the window
         grid (NCNN pads by constants only; the crop's end is a shape expression), and the key mask
-        as a (B, 1, nW, 1, Nk) map added to the logits (zero everywhere when nothing is padded)."""
+        added to the logits (zero everywhere when nothing is padded): B, nh, nw, 1, N for the
+        windows of ``windows_nchw``, B, 1, nW, 1, Nk for overlapping ones."""
         w = self.window
         self.shift = w // 2 if shift else 0
         self.hp = (self.h + self.shift + w - 1) // w * w
@@ -271,8 +287,11 @@ class WindowGeometry:
         self.padded = True
         zero = x[:, :1] * 0.0  # B, 1, H, W (from the map, so its size follows the input's)
         invalid = self.pad_nchw(zero, MASK_VALUE)  # B, 1, Hp, Wp: MASK_VALUE on padding
-        self.key_mask = partition_nchw(invalid, w, self.kv_window, 1, 1, MASK_VALUE)[:, :, :, :, 0]  # B, 1, nW, Nk
-        self.key_mask = self.key_mask.unsqueeze(3)  # B, 1, nW, 1, Nk
+        if self.kv_window == w:
+            self.key_mask = windows_nchw(invalid, w, 1)[0].transpose(-1, -2)  # B, nh, nw, 1, N
+        else:
+            self.key_mask = partition_nchw(invalid, w, self.kv_window, 1, 1, MASK_VALUE)[:, :, :, :, 0]  # B, 1, nW, Nk
+            self.key_mask = self.key_mask.unsqueeze(3)  # B, 1, nW, 1, Nk
 
     def pad_nchw(self, x: Tensor, value: float = 0.0) -> Tensor:
         """B, C, H, W -> B, C, Hp, Wp for the NCNN graph: constant pads, cropped to the grid."""
@@ -349,10 +368,34 @@ def partition_kv(x: Tensor, window: int, kv_window: int, groups: int = 1, heads:
     return cols.permute(1, 0, 5, 2, 4, 3).flatten(1, 2)  # groups, B*nW, heads, Nk, d
 
 
+def windows_nchw(x: Tensor, window: int, parts: int) -> list[Tensor]:
+    """The NCNN graph's window partition: B, parts*d, Hp, Wp -> ``parts`` tensors B, nh, nw, N, d
+    (N = window**2; one per head of q, k and v). The windows keep their (nh, nw) grid, so that
+    ``unwindow_nchw`` reads every size from the tensor it reshapes: NCNN runs a reshape whose sizes
+    come from a second blob ~40x slower than a plain one (measured), and heads stay separate
+    tensors because NCNN has at most four dimensions besides the batch."""
+    cols = F.pixel_unshuffle(x, window)  # B, C*N, nh, nw: channel (c, y, x) of window (nh, nw)
+    n = window * window
+    return [p.reshape(p.shape[0], -1, n, p.shape[2], p.shape[3]).permute(0, 3, 4, 2, 1)  # B, nh, nw, N, d
+            for p in cols.chunk(parts, dim=1)]
+
+
+def unwindow_nchw(windows: Sequence[Tensor], window: int) -> Tensor:
+    """``windows_nchw`` undone for the heads' outputs: B, nh, nw, N, d each -> B, heads*d, Hp, Wp."""
+    cols = [t.permute(0, 4, 3, 1, 2) for t in windows]  # B, d, N, nh, nw
+    cols = [t.reshape(t.shape[0], -1, t.shape[3], t.shape[4]) for t in cols]  # B, d*N, nh, nw
+    return F.pixel_shuffle(torch.cat(cols, dim=1), window)
+
+
+def _unit_ncnn(x: Tensor) -> Tensor:
+    """x / |x| along the last dim for the NCNN graph (rsqrt of the clamped sum of squares)."""
+    return x * torch.rsqrt(torch.clamp((x * x).sum(dim=-1, keepdim=True), min=1e-24))
+
+
 def partition_nchw(x: Tensor, window: int, kv_window: int, groups: int, heads: int,
                    pad_value: float = 0.0) -> Tensor:
-    """The NCNN graph's window partition (at most five dimensions, batch first): B, groups*C, Hp, Wp
-    -> B, groups*heads, nW, N, C/heads, with N = kv_window**2 (overlapping windows as in
+    """The NCNN graph's partition for overlapping key windows (at most five dimensions, batch
+    first): B, groups*C, Hp, Wp -> B, groups*heads, nW, N, C/heads, with N = kv_window**2 (as in
     ``partition_kv``, reading ``pad_value`` outside the map)."""
     b, c = x.shape[:2]
     d = c // (groups * heads)
@@ -423,30 +466,35 @@ class WindowAttention(nn.Module):
         out = geo.merge(out, c // self.heads)  # B*H*W, C
         return self.proj(out)
 
-    def _forward_ncnn(self, t: Tensor, b: int, geo: WindowGeometry) -> Tensor:
-        """The same attention for the NCNN graph: windows cut by pixel_unshuffle (or unfold) from the
-        NCHW map, the key mask added to the logits, softmax written out, windows put back by
+    def _forward_ncnn(self, x: Tensor, b: int, geo: WindowGeometry) -> Tensor:
+        """The same attention for the NCNN graph, on a B, C, H, W map: windows cut by pixel_unshuffle
+        (or unfold), the key mask added to the logits, softmax written out, windows put back by
         pixel_shuffle and a crop."""
-        c, heads, w = t.shape[-1], self.heads, self.window
-        qkv = self.qkv(t).view(b, geo.h, geo.w, 3 * c).permute(0, 3, 1, 2)  # B, 3C, H, W
+        c, heads, w = x.shape[1], self.heads, self.window
+        qkv = pointwise(self.qkv, x)  # B, 3C, H, W
         # padded pixels read 1, not 0: their keys are masked (zero weight) and their queries cropped,
         # and a zero vector's norm (rsqrt of 0) would be inf in fp16 arithmetic (NCNN on Vulkan/ARM)
         qkv = geo.pad_nchw(qkv, 1.0)  # B, 3C, Hp, Wp
-        grid = (qkv.shape[-2] // w, qkv.shape[-1] // w)  # nh, nw: read from the map (pnnx keeps it dynamic)
-        if self.kv_window == w:
-            q, k, v = partition_nchw(qkv, w, w, 3, heads).chunk(3, dim=1)  # B, heads, nW, N, d each
-        else:
-            q = partition_nchw(qkv[:, :c], w, w, 1, heads)
+        scale = self.logit_scale.clamp(max=math.log(100.0)).exp()  # heads, 1, 1
+        bias = self.rel_bias.take(self.bias_index)[0]  # heads, N, Nk
+        if self.kv_window == w:  # per head, windows on their grid: B, nh, nw, N, d
+            parts = windows_nchw(qkv, w, 3 * heads)  # q of every head, then k, then v
+            outs = []
+            for i in range(heads):
+                q, k, v = _unit_ncnn(parts[i]), _unit_ncnn(parts[heads + i]), parts[2 * heads + i]
+                logits = torch.matmul(q * scale[i], k.transpose(-1, -2)) + bias[i] + geo.key_mask  # B, nh, nw, N, N
+                outs.append(torch.matmul(logits.softmax(dim=-1), v))
+            out = unwindow_nchw(outs, w)  # B, C, Hp, Wp
+        else:  # overlapping key windows (unfold): all heads at once, windows flattened
+            q = _unit_ncnn(partition_nchw(qkv[:, :c], w, w, 1, heads))  # B, heads, nW, N, d
             k, v = partition_nchw(qkv[:, c:], w, self.kv_window, 2, heads, 1.0).chunk(2, dim=1)
-        q = q * torch.rsqrt(torch.clamp((q * q).sum(dim=-1, keepdim=True), min=1e-24))  # cosine
-        k = k * torch.rsqrt(torch.clamp((k * k).sum(dim=-1, keepdim=True), min=1e-24))
-        scale = self.logit_scale.clamp(max=math.log(100.0)).exp().view(1, heads, 1, 1, 1)
-        bias = self.rel_bias.take(self.bias_index).unsqueeze(2)  # 1, heads, 1, N, Nk
-        logits = torch.matmul(q * scale, k.transpose(-1, -2)) + bias + geo.key_mask  # B, heads, nW, N, Nk
-        out = torch.matmul(logits.softmax(dim=-1), v)  # B, heads, nW, N, d
-        out = out.permute(0, 1, 4, 3, 2).reshape(b, c * w * w, *grid)  # B, C*N, nh, nw
-        out = F.pixel_shuffle(out, w)[:, :, geo.shift : geo.shift + geo.h, geo.shift : geo.shift + geo.w]
-        return self.proj(out.permute(0, 2, 3, 1).reshape(-1, c))  # B*H*W, C
+            logits = torch.matmul(q * scale.unsqueeze(1), _unit_ncnn(k).transpose(-1, -2))
+            logits = logits + bias.unsqueeze(1) + geo.key_mask  # B, heads, nW, N, Nk
+            out = torch.matmul(logits.softmax(dim=-1), v)  # B, heads, nW, N, d
+            grid = (qkv.shape[-2] // w, qkv.shape[-1] // w)  # nh, nw: read from the map (pnnx keeps it dynamic)
+            out = F.pixel_shuffle(out.permute(0, 1, 4, 3, 2).reshape(b, c * w * w, *grid), w)  # B, C, Hp, Wp
+        out = out[:, :, geo.shift : geo.shift + geo.h, geo.shift : geo.shift + geo.w]
+        return pointwise(self.proj, out)  # B, C, H, W
 
 
 class TokenMoE(nn.Module):
@@ -516,19 +564,20 @@ class TokenMoE(nn.Module):
                 self.pending.add_(counts)
         return out
 
-    def _forward_ncnn(self, t: Tensor, residual: Tensor) -> Tensor:
-        """The dense form for the NCNN graph (fp32, eval): the chosen expert's one-hot is
-        1 - ceil(clamp(max - logit, 0, 1)), exact without argmax or comparisons (an exact tie of
-        two biased logits would select both; argmax picks the first), experts split by slicing."""
-        logits = self.router(t)  # N, E
-        biased = logits + self.route_bias
-        onehot = 1.0 - torch.ceil(torch.clamp(biased.max(dim=-1, keepdim=True)[0] - biased, 0.0, 1.0))
-        gate = logits.softmax(dim=-1) * onehot  # N, E: p of the chosen, else 0
-        y = self.fc1(t)  # N, E*2H: expert e's gate then value columns
+    def _forward_ncnn(self, x: Tensor, residual: Tensor) -> Tensor:
+        """The dense form for the NCNN graph (fp32, eval), on B, C, H, W maps: the chosen expert's
+        one-hot is 1 - ceil(clamp(max - logit, 0, 1)), exact without argmax or comparisons (an exact
+        tie of two biased logits would select both; argmax picks the first), experts split by slicing."""
+        logits = pointwise(self.router, x)  # B, E, H, W
+        biased = logits + self.route_bias.view(1, -1, 1, 1)
+        onehot = 1.0 - torch.ceil(torch.clamp(biased.max(dim=1, keepdim=True)[0] - biased, 0.0, 1.0))
+        gate = logits.softmax(dim=1) * onehot  # B, E, H, W: p of the chosen, else 0
+        y = pointwise(self.fc1, x)  # B, E*2H, H, W: expert e's gate then value channels
         h = self.hidden
         hidden = torch.cat([F.gelu(y[:, 2 * h * e : 2 * h * e + h]) * y[:, 2 * h * e + h : 2 * h * (e + 1)]
-                            * gate[:, e : e + 1] for e in range(self.experts)], dim=-1)  # N, E*H
-        return residual + F.linear(gate, self.fc2_bias.t()) + F.linear(hidden, self.fc2.weight)
+                            * gate[:, e : e + 1] for e in range(self.experts)], dim=1)  # B, E*H, H, W
+        return (residual + F.conv2d(gate, self.fc2_bias.t()[:, :, None, None])
+                + F.conv2d(hidden, self.fc2.weight[:, :, None, None]))
 
     def _dense(self, t: Tensor, residual: Tensor, choice: Tensor, probs: Tensor) -> Tensor:
         gate = (probs * (choice == self.expert_ids)).to(t.dtype)  # N, E: p of the chosen, else 0
@@ -610,6 +659,8 @@ class HighFreqPath(nn.Module):
         self.noise = NoiseInjection(dim) if noise else None
 
     def forward(self, x: Tensor, geos: Sequence[WindowGeometry]) -> Tensor:  # x: B, C, H, W
+        if _NCNN_GRAPH:
+            return self._forward_ncnn(x, geos)
         b, c, h, w = x.shape
         t = x.permute(0, 2, 3, 1).reshape(-1, c)  # B*H*W, C: one layout for the whole path
         for an, attn, fn, ffn, geo in zip(self.attn_norms, self.attns, self.ffn_norms, self.ffns, geos):
@@ -619,6 +670,18 @@ class HighFreqPath(nn.Module):
         if self.noise is not None:
             t = self.noise(t, b)
         return t.view(b, h, w, c).permute(0, 3, 1, 2)
+
+    def _forward_ncnn(self, t: Tensor, geos: Sequence[WindowGeometry]) -> Tensor:
+        """The same path for the NCNN graph on the B, C, H, W map (eval: no noise), linear layers as
+        1x1 convolutions. No token matrix: pnnx writes a reshape between a map and a matrix with a
+        second blob for the sizes (or as a batch reshape), which NCNN runs ~40x slower than a plain
+        reshape, and with B*H*W as NCNN's batch axis every later layer loops over single tokens
+        (hyresr_tiny, 64x64, one thread: 1.4 s with the token matrix, 0.07 s with maps and
+        ``windows_nchw``)."""
+        for an, attn, fn, ffn, geo in zip(self.attn_norms, self.attns, self.ffn_norms, self.ffns, geos):
+            t = t + attn(channel_norm(an, t), t.shape[0], geo)
+            t = t + ffn.forward_map(channel_norm(fn, t))
+        return self.moe(channel_norm(self.moe_norm, t), residual=t)
 
 
 # --------------------------------------------------------------------------------------------
