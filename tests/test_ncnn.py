@@ -89,6 +89,22 @@ def test_ncnn_windows_round_trip_and_match_the_main_partition(size, window, head
     assert torch.equal(H.hyresr_arch.unwindow_nchw(parts, window), x)
 
 
+
+@pytest.mark.parametrize("name", ["hyresr_tiny", "hyresr_sr"])  # windows on their grid; overlapping key windows
+def test_ncnn_graph_in_fp16_arithmetic_stays_finite_and_close(name):
+    """NCNN computes in fp16 on Vulkan and ARM: the export path in half precision (PyTorch on the
+    CPU standing in) on a size that pads every level stays finite and within 2e-2 of fp32."""
+    torch.manual_seed(0)
+    model = perturbed(H.BUILDERS[name](scale=4)).fuse().eval()
+    x = torch.rand(1, 3, 40, 36, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref = model(x)
+        with H.ncnn_graph():
+            out = model.half()(x.half()).float()
+    assert torch.isfinite(out).all()
+    assert (out - ref).abs().max().item() <= 2e-2
+
+
 # --------------------------------------------------------------------------- real conversions
 
 
