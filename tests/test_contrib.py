@@ -91,8 +91,9 @@ def test_ncnn_path_is_cut_whole_and_a_changed_flag_is_reported():
     tree = ast.parse(cut)
     defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
     kept = {n.name for n in ast.walk(ast.parse(source)) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
-    assert kept - defined <= {"ncnn_graph", "_forward_ncnn", "_init_ncnn", "pad_nchw", "partition_nchw", "_focus_unit",
-                              "windows_nchw", "unwindow_nchw", "_unit_ncnn", "pointwise", "channel_norm", "forward_map"}
+    assert kept - defined <= {"ncnn_graph", "_forward_ncnn", "_init_ncnn", "pad_nchw", "_focus_unit", "windows_nchw",
+                              "_window_corners", "key_windows_nchw", "key_order", "unwindow_nchw", "_unit_ncnn",
+                              "pointwise", "channel_norm", "forward_map"}
     assert {"forward", "WindowGeometry", "partition_kv", "TokenMoE"} <= defined  # the main path stays
     with pytest.raises(C.ContribError, match="_NCNN_GRAPH"):
         C._without_ncnn_path(source.replace("if _NCNN_GRAPH:", "if _NCNN_EXPORT:"))

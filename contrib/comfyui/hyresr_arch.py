@@ -278,8 +278,7 @@ class WindowGeometry:
     def _init_ncnn(self, x: Tensor, shift: bool) -> None:
         """The NCNN graph's geometry (``ncnn_graph()``): constant pads, then a crop to the window
         grid (NCNN pads by constants only; the crop's end is a shape expression), and the key mask
-        added to the logits (zero everywhere when nothing is padded): B, nh, nw, 1, N for the
-        windows of ``windows_nchw``, B, 1, nW, 1, Nk for overlapping ones."""
+        as a (B, nh, nw, 1, Nk) map added to the logits (zero everywhere when nothing is padded)."""
         w = self.window
         self.shift = w // 2 if shift else 0
         self.hp = (self.h + self.shift + w - 1) // w * w
@@ -288,10 +287,10 @@ class WindowGeometry:
         zero = x[:, :1] * 0.0  # B, 1, H, W (from the map, so its size follows the input's)
         invalid = self.pad_nchw(zero, MASK_VALUE)  # B, 1, Hp, Wp: MASK_VALUE on padding
         if self.kv_window == w:
-            self.key_mask = windows_nchw(invalid, w, 1)[0].transpose(-1, -2)  # B, nh, nw, 1, N
+            keys = windows_nchw(invalid, w, 1)[0]  # B, nh, nw, N, 1
         else:
-            self.key_mask = partition_nchw(invalid, w, self.kv_window, 1, 1, MASK_VALUE)[:, :, :, :, 0]  # B, 1, nW, Nk
-            self.key_mask = self.key_mask.unsqueeze(3)  # B, 1, nW, 1, Nk
+            keys = key_windows_nchw(invalid, w, self.kv_window, 1, MASK_VALUE)[0]  # B, nh, nw, Nk, 1
+        self.key_mask = keys.transpose(-1, -2)  # B, nh, nw, 1, Nk
 
     def pad_nchw(self, x: Tensor, value: float = 0.0) -> Tensor:
         """B, C, H, W -> B, C, Hp, Wp for the NCNN graph: constant pads, cropped to the grid."""
@@ -374,10 +373,39 @@ def windows_nchw(x: Tensor, window: int, parts: int) -> list[Tensor]:
     ``unwindow_nchw`` reads every size from the tensor it reshapes: NCNN runs a reshape whose sizes
     come from a second blob ~40x slower than a plain one (measured), and heads stay separate
     tensors because NCNN has at most four dimensions besides the batch."""
-    cols = F.pixel_unshuffle(x, window)  # B, C*N, nh, nw: channel (c, y, x) of window (nh, nw)
-    n = window * window
-    return [p.reshape(p.shape[0], -1, n, p.shape[2], p.shape[3]).permute(0, 3, 4, 2, 1)  # B, nh, nw, N, d
-            for p in cols.chunk(parts, dim=1)]
+    return [p.permute(0, 3, 4, 2, 1) for p in _window_corners(x, window, window, window).chunk(parts, dim=1)]
+
+
+def _window_corners(x: Tensor, window: int, rows: int, cols: int) -> Tensor:
+    """The top-left rows x cols pixels of every window: B, C, Hp, Wp -> B, C, rows*cols, nh, nw
+    (row-major within the corner)."""
+    c = x.shape[1]
+    t = F.pixel_unshuffle(x, window)  # B, C*w*w, nh, nw: channel (c, y, x) of window (nh, nw)
+    if cols < window:
+        t = t.reshape(t.shape[0], -1, window, t.shape[2], t.shape[3])[:, :, :cols]  # B, C*w, cols, nh, nw
+    t = t.reshape(t.shape[0], c, -1, t.shape[-2], t.shape[-1])  # B, C, w*cols, nh, nw
+    return t[:, :, : rows * cols] if rows < window else t
+
+
+def key_windows_nchw(x: Tensor, window: int, kv_window: int, parts: int, pad_value: float) -> list[Tensor]:
+    """Overlapping key windows for the NCNN graph (``partition_kv``'s): B, parts*d, Hp, Wp -> ``parts``
+    tensors B, nh, nw, Nk, d (Nk = kv_window**2), reading ``pad_value`` outside the map, keys in
+    ``key_order``. Key window (i, j) of the map padded by the margin m is its block (i, j) and the
+    top-left corners of blocks (i, j+1), (i+1, j) and (i+1, j+1), each cut like ``windows_nchw``."""
+    w, e = window, kv_window - window  # e = 2m: the extra rows and columns
+    hp, wp = x.shape[2], x.shape[3]
+    xs = F.pad(x, (e // 2, w - e // 2, e // 2, w - e // 2), value=pad_value)  # B, C, Hp + w, Wp + w
+    keys = torch.cat([_window_corners(xs[:, :, :hp, :wp], w, w, w), _window_corners(xs[:, :, :hp, w : w + wp], w, w, e),
+                      _window_corners(xs[:, :, w : w + hp, :wp], w, e, w),
+                      _window_corners(xs[:, :, w : w + hp, w : w + wp], w, e, e)], dim=2)  # B, C, Nk, nh, nw
+    return [p.permute(0, 3, 4, 2, 1) for p in keys.chunk(parts, dim=1)]
+
+
+def key_order(window: int, kv_window: int) -> list[int]:
+    """Row-major key index (as in ``partition_kv``) of each key of ``key_windows_nchw``."""
+    w, e = window, kv_window - window
+    corners = ((0, 0, w, w), (0, w, w, e), (w, 0, e, w), (w, w, e, e))  # top, left, rows, cols
+    return [(top + y) * kv_window + left + x for top, left, rows, cols in corners for y in range(rows) for x in range(cols)]
 
 
 def unwindow_nchw(windows: Sequence[Tensor], window: int) -> Tensor:
@@ -390,22 +418,6 @@ def unwindow_nchw(windows: Sequence[Tensor], window: int) -> Tensor:
 def _unit_ncnn(x: Tensor) -> Tensor:
     """x / |x| along the last dim for the NCNN graph (rsqrt of the clamped sum of squares)."""
     return x * torch.rsqrt(torch.clamp((x * x).sum(dim=-1, keepdim=True), min=1e-24))
-
-
-def partition_nchw(x: Tensor, window: int, kv_window: int, groups: int, heads: int,
-                   pad_value: float = 0.0) -> Tensor:
-    """The NCNN graph's partition for overlapping key windows (at most five dimensions, batch
-    first): B, groups*C, Hp, Wp -> B, groups*heads, nW, N, C/heads, with N = kv_window**2 (as in
-    ``partition_kv``, reading ``pad_value`` outside the map)."""
-    b, c = x.shape[:2]
-    d = c // (groups * heads)
-    if kv_window == window:
-        cols = F.pixel_unshuffle(x, window)  # B, C*N, nh, nw: channel (c, y, x) of window (nh, nw)
-    else:
-        margin = (kv_window - window) // 2
-        cols = F.unfold(F.pad(x, (margin,) * 4, value=pad_value), kv_window, stride=window)  # B, C*Nk, nW
-    cols = cols.reshape(b, groups * heads, d, kv_window * kv_window, -1)  # B, groups*heads, d, N, nW
-    return cols.permute(0, 1, 4, 3, 2)  # B, groups*heads, nW, N, d
 
 
 def relative_position_index(window: int, kv_window: int) -> Tensor:
@@ -443,7 +455,7 @@ class WindowAttention(nn.Module):
 
     def forward(self, t: Tensor, b: int, geo: WindowGeometry) -> Tensor:  # t: B*H*W, C
         if _NCNN_GRAPH:
-            return self._forward_ncnn(t, b, geo)
+            return self._forward_ncnn(t, geo)
         c = t.shape[-1]
         qkv = geo.pad(self.qkv(t), b)  # B, Hp, Wp, 3C (a B*H*W x 3C matrix when nothing is padded)
         # cosine similarity x clamped temperature: logits stay within +-100 in any precision
@@ -466,10 +478,10 @@ class WindowAttention(nn.Module):
         out = geo.merge(out, c // self.heads)  # B*H*W, C
         return self.proj(out)
 
-    def _forward_ncnn(self, x: Tensor, b: int, geo: WindowGeometry) -> Tensor:
-        """The same attention for the NCNN graph, on a B, C, H, W map: windows cut by pixel_unshuffle
-        (or unfold), the key mask added to the logits, softmax written out, windows put back by
-        pixel_shuffle and a crop."""
+    def _forward_ncnn(self, x: Tensor, geo: WindowGeometry) -> Tensor:
+        """The same attention for the NCNN graph, on a B, C, H, W map: windows cut per head
+        (``windows_nchw``, ``key_windows_nchw``), the key mask added to the logits, softmax written
+        out, windows put back by ``unwindow_nchw`` and a crop."""
         c, heads, w = x.shape[1], self.heads, self.window
         qkv = pointwise(self.qkv, x)  # B, 3C, H, W
         # padded pixels read 1, not 0: their keys are masked (zero weight) and their queries cropped,
@@ -477,23 +489,19 @@ class WindowAttention(nn.Module):
         qkv = geo.pad_nchw(qkv, 1.0)  # B, 3C, Hp, Wp
         scale = self.logit_scale.clamp(max=math.log(100.0)).exp()  # heads, 1, 1
         bias = self.rel_bias.take(self.bias_index)[0]  # heads, N, Nk
-        if self.kv_window == w:  # per head, windows on their grid: B, nh, nw, N, d
-            parts = windows_nchw(qkv, w, 3 * heads)  # q of every head, then k, then v
-            outs = []
-            for i in range(heads):
-                q, k, v = _unit_ncnn(parts[i]), _unit_ncnn(parts[heads + i]), parts[2 * heads + i]
-                logits = torch.matmul(q * scale[i], k.transpose(-1, -2)) + bias[i] + geo.key_mask  # B, nh, nw, N, N
-                outs.append(torch.matmul(logits.softmax(dim=-1), v))
-            out = unwindow_nchw(outs, w)  # B, C, Hp, Wp
-        else:  # overlapping key windows (unfold): all heads at once, windows flattened
-            q = _unit_ncnn(partition_nchw(qkv[:, :c], w, w, 1, heads))  # B, heads, nW, N, d
-            k, v = partition_nchw(qkv[:, c:], w, self.kv_window, 2, heads, 1.0).chunk(2, dim=1)
-            logits = torch.matmul(q * scale.unsqueeze(1), _unit_ncnn(k).transpose(-1, -2))
-            logits = logits + bias.unsqueeze(1) + geo.key_mask  # B, heads, nW, N, Nk
-            out = torch.matmul(logits.softmax(dim=-1), v)  # B, heads, nW, N, d
-            grid = (qkv.shape[-2] // w, qkv.shape[-1] // w)  # nh, nw: read from the map (pnnx keeps it dynamic)
-            out = F.pixel_shuffle(out.permute(0, 1, 4, 3, 2).reshape(b, c * w * w, *grid), w)  # B, C, Hp, Wp
-        out = out[:, :, geo.shift : geo.shift + geo.h, geo.shift : geo.shift + geo.w]
+        if self.kv_window != w:  # the keys of key_windows_nchw come in another order
+            bias = bias[:, :, key_order(w, self.kv_window)]
+        # per head, windows on their grid (B, nh, nw, N, d): q of every head, then k, then v
+        if self.kv_window == w:
+            parts = windows_nchw(qkv, w, 3 * heads)
+        else:
+            parts = windows_nchw(qkv[:, :c], w, heads) + key_windows_nchw(qkv[:, c:], w, self.kv_window, 2 * heads, 1.0)
+        outs = []
+        for i in range(heads):
+            q, k, v = _unit_ncnn(parts[i]), _unit_ncnn(parts[heads + i]), parts[2 * heads + i]
+            logits = torch.matmul(q * scale[i], k.transpose(-1, -2)) + bias[i] + geo.key_mask  # B, nh, nw, N, Nk
+            outs.append(torch.matmul(logits.softmax(dim=-1), v))
+        out = unwindow_nchw(outs, w)[:, :, geo.shift : geo.shift + geo.h, geo.shift : geo.shift + geo.w]
         return pointwise(self.proj, out)  # B, C, H, W
 
 
