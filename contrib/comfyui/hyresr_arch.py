@@ -489,13 +489,12 @@ class WindowAttention(nn.Module):
         qkv = geo.pad_nchw(qkv, 1.0)  # B, 3C, Hp, Wp
         scale = self.logit_scale.clamp(max=math.log(100.0)).exp()  # heads, 1, 1
         bias = self.rel_bias.take(self.bias_index)[0]  # heads, N, Nk
-        if self.kv_window != w:  # the keys of key_windows_nchw come in another order
-            bias = bias[:, :, key_order(w, self.kv_window)]
         # per head, windows on their grid (B, nh, nw, N, d): q of every head, then k, then v
         if self.kv_window == w:
             parts = windows_nchw(qkv, w, 3 * heads)
-        else:
+        else:  # the keys of key_windows_nchw come in key_order: the bias columns follow
             parts = windows_nchw(qkv[:, :c], w, heads) + key_windows_nchw(qkv[:, c:], w, self.kv_window, 2 * heads, 1.0)
+            bias = bias[:, :, key_order(w, self.kv_window)]
         outs = []
         for i in range(heads):
             q, k, v = _unit_ncnn(parts[i]), _unit_ncnn(parts[heads + i]), parts[2 * heads + i]
@@ -584,8 +583,7 @@ class TokenMoE(nn.Module):
         h = self.hidden
         hidden = torch.cat([F.gelu(y[:, 2 * h * e : 2 * h * e + h]) * y[:, 2 * h * e + h : 2 * h * (e + 1)]
                             * gate[:, e : e + 1] for e in range(self.experts)], dim=1)  # B, E*H, H, W
-        return (residual + F.conv2d(gate, self.fc2_bias.t()[:, :, None, None])
-                + F.conv2d(hidden, self.fc2.weight[:, :, None, None]))
+        return residual + F.conv2d(gate, self.fc2_bias.t()[:, :, None, None]) + pointwise(self.fc2, hidden)
 
     def _dense(self, t: Tensor, residual: Tensor, choice: Tensor, probs: Tensor) -> Tensor:
         gate = (probs * (choice == self.expert_ids)).to(t.dtype)  # N, E: p of the chosen, else 0
