@@ -36,11 +36,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
@@ -145,6 +148,17 @@ def load_entry(job: Job, out: Path) -> tuple[dict | None, str]:
 def resume_file(job: Job, out: Path) -> Path | None:
     """The job's resume checkpoint when it has one (quality.py's ``<out>/<config>/resume/x4_<model>_*.pt``)."""
     return next(iter(sorted((out / job.config / "resume").glob(f"x4_{job.model}_*.pt"))), None)
+
+
+def resume_step(job: Job, out: Path) -> int:
+    """The step a started job has reached (its resume checkpoint's); 0 when it has none or it is unreadable."""
+    f = resume_file(job, out)
+    if f is None:
+        return 0
+    try:
+        return int(torch.load(f, map_location="cpu", weights_only=False)["it"])  # quality.py's own file
+    except (OSError, RuntimeError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError):
+        return 0
 
 
 def queue(all_jobs: list[Job], out: Path) -> list[Job]:
@@ -466,19 +480,26 @@ def main(argv: list[str] | None = None) -> int:
         return run_queue(args.out, args.jobs, set(args.models.split(",")) if args.models else None)
     if args.command == "report":
         return report(args.out)
-    left = 0.0
-    for job in queue(jobs(), args.out):
-        state = load_entry(job, args.out)[1]
-        left += job.estimate_s if state in ("missing", "stale") else 0.0
-        if state != "done" and _held(lock_path(job, args.out)):
-            state += ", running"
-        elif state != "done" and resume_file(job, args.out):
-            state += ", started"
-        print(f"{job.config:8s} {job.model:15s} ~{job.estimate_s / 60:4.0f} min  {state}")
-    print(f"left: ~{left / 3600:.1f} core-hours (~{left / 3600 / args.jobs:.1f} h at --jobs {args.jobs}; "
-          "started jobs counted whole)")
-    return 0
+    return show_list(args.out, args.jobs)
 
+
+def show_list(out: Path, n_jobs: int) -> int:
+    """Every job in queue order with its state (a started one with the step it reached) and the time left:
+    the estimate of each unfinished job less the share of its steps already done."""
+    left = 0.0
+    for job in queue(jobs(), out):
+        state = load_entry(job, out)[1]
+        step = resume_step(job, out) if state in ("missing", "stale") else 0
+        left += job.estimate_s * (1 - step / job.steps) if state in ("missing", "stale") else 0.0
+        if state != "done" and _held(lock_path(job, out)):
+            state += ", running"
+        elif state != "done" and resume_file(job, out):
+            state += ", started"
+        if step:
+            state += f" at step {step}/{job.steps}"
+        print(f"{job.config:8s} {job.model:15s} ~{job.estimate_s / 60:4.0f} min  {state}")
+    print(f"left: ~{left / 3600:.1f} core-hours (~{left / 3600 / n_jobs:.1f} h at --jobs {n_jobs})")
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

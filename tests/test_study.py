@@ -232,6 +232,24 @@ def test_study_jobs_cover_the_issue_and_the_queue_takes_started_then_short_then_
     assert short == sorted(short) and long_ == sorted(long_, reverse=True)
 
 
+
+def test_list_shows_the_step_a_started_job_reached_and_counts_only_its_steps_left(tmp_path, monkeypatch, capsys):
+    resume = tmp_path / "long" / "resume"
+    resume.mkdir(parents=True)
+    torch.save({"it": 2500, "model": {}}, resume / "x4_SAFMN_0123456789abcdef.pt")
+    (resume / "x4_SPAN_0123456789abcdef.pt").write_bytes(b"cut short")  # unreadable: counted as step 0
+    assert study.resume_step(study.Job("long", "SAFMN"), tmp_path) == 2500
+    assert study.resume_step(study.Job("long", "SPAN"), tmp_path) == 0
+    assert study.resume_step(study.Job("long", "hyresr_tiny"), tmp_path) == 0  # no checkpoint
+    unfinished = {study.Job("long", "SAFMN"), study.Job("long", "SPAN"), study.Job("plain", "SPAN")}
+    monkeypatch.setattr(study, "load_entry", lambda job, out: (None, "missing" if job in unfinished else "done"))
+    assert study.show_list(tmp_path, 2) == 0
+    out = capsys.readouterr().out
+    assert "SAFMN" in out and "started at step 2500/10000" in out
+    left_h = float(out.split("left: ~")[1].split(" core-hours")[0])
+    expected = sum(j.estimate_s for j in unfinished) - 0.25 * study.Job("long", "SAFMN").estimate_s
+    assert left_h == pytest.approx(expected / 3600, abs=0.05)
+
 FAKE_QUALITY = """
 import os, sys, time
 from pathlib import Path
