@@ -323,7 +323,8 @@ def head_start(entries: dict[Job, dict]) -> list[str]:
                 if not all(k in psnr for k in keys):
                     continue
                 a, b, c = (psnr[k] for k in keys)
-                share = f"{(a - c) / (a - b):.0%}" if a - b > 0 else "no lead"
+                # a share is a fraction of a lead: none when there is no lead, none when no lead survives
+                share = "no lead" if a - b <= 0 else "none" if a - c <= 0 else f"{(a - c) / (a - b):.0%}"
                 md.append(f"| {ours} | {peer} | {s} | {a - b:+.3f} | {a - c:+.3f} | {share} |")
     return md if len(md) > 2 else []
 
