@@ -33,12 +33,15 @@ quality.md, quality_curves.png; LR / noisy images are cached once in --cache (de
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import json
 import os
 import math
+import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -292,6 +295,32 @@ def build_model(name: str, scale: int, args) -> torch.nn.Module:
     return zoo.build(name, scale)
 
 
+STOP = threading.Event()  # set by SIGTERM while a resumable training runs
+STOPPED = 75  # exit status of a training stopped that way (EX_TEMPFAIL: run it again to continue)
+
+
+@contextlib.contextmanager
+def sigterm_calls(handler):
+    """SIGTERM calls ``handler`` instead of ending the process while the block runs (main thread only:
+    signals go there), and gets its previous handler back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def stop_on_sigterm(enabled: bool):
+    """While ``enabled`` (resume checkpoints on), SIGTERM asks the training to stop at the end of the
+    step it is on, with its resume checkpoint saved at that step, instead of killing it and losing
+    every step since the last checkpoint (``study.py stop`` sends it; so do job schedulers)."""
+    STOP.clear()
+    return sigterm_calls(lambda signum, frame: STOP.set()) if enabled else contextlib.nullcontext()
+
+
 class Resume:
     """Resume checkpoint of one training: model, optimizer, sampler and torch RNG, curve, losses.
     Saved atomically every `every` steps so an interrupted run continues where it stopped with the
@@ -306,8 +335,9 @@ class Resume:
             return None
         return torch.load(self.path, map_location="cpu", weights_only=False)  # our own file
 
-    def save(self, it: int, model, opt, sampler, losses, curve, train_time: float, wall: float, cpu: float) -> None:
-        if self.every <= 0 or it % self.every:
+    def save(self, it: int, model, opt, sampler, losses, curve, train_time: float, wall: float, cpu: float,
+             force: bool = False) -> None:
+        if self.every <= 0 or (it % self.every and not force):
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
@@ -387,7 +417,12 @@ def train_one(name: str, task: str, cfg: dict, train_pairs, val_sets: dict[str, 
             break
         if it + 1 in eval_at:
             evaluate(it + 1)
-        resume.save(it + 1, model, opt, sampler, losses, curve, train_time, time.time() - t0, time.process_time() - c0)
+        stop = STOP.is_set()
+        resume.save(it + 1, model, opt, sampler, losses, curve, train_time, time.time() - t0, time.process_time() - c0,
+                    force=stop)
+        if stop and resume.every > 0:
+            log(f"    {name}: stopped by SIGTERM at step {it + 1}, resume checkpoint saved: run again to continue")
+            raise SystemExit(STOPPED)
     rows = []
     for set_name, images in val_sets.items():
         last = [c for c in curve if c["iter"] == len(losses) and c["set"] == set_name]
@@ -690,34 +725,35 @@ def main(argv: list[str] | None = None) -> int:
     rows, curves = [], []
     t_all = time.time()
     failed: list[str] = []
-    for task in tasks:
-        cfg = TASKS[task]
-        names = [m for m in cfg["models"] if not args.models or m in args.models.split(",")]
-        t_task = time.time()
-        train_pairs = load_pairs(args.train, cfg["scale"], 0.0, cache) if cfg["noise"] == 0 else \
-            [(p.stem, None, imgops.imread_rgb(p)) for p in imgops.list_images(args.train)]
-        if args.max_train_images:
-            train_pairs = train_pairs[: args.max_train_images]
-        val_sets = {d.name.replace("val_", ""): load_val(d, cfg["scale"], cfg["noise"], cache, prof["val_max_side"])
-                    for d in val_dirs}
-        judge = {d.name.replace("val_", ""): load_val(d, cfg["scale"], cfg["noise"], cache) for d in judge_dirs}
-        log(f"[{task}] {len(train_pairs)} train images, val {', '.join(f'{k} ({len(v)})' for k, v in val_sets.items())}"
-            f", data ready in {time.time() - t_task:.0f} s")
-        for name in names:
-            try:
-                r, c = cached_or_trained(name, task, cfg, train_pairs, val_sets, args, log, judge)
-            except Exception as err:  # noqa: BLE001  (the other models still run; the exit status says so)
-                log(f"    {name}: FAILED {type(err).__name__}: {err}")
-                failed.append(name)
-                continue
-            rows += r
-            curves += c
-            for x in r:
-                log(f"  {task} {name:14s} {x['set']:8s} PSNR-Y {x['psnr_y']:.3f}  SSIM-Y {x['ssim_y']:.4f}"
-                    f"  ({x['params']:,} params, {x['s_per_iter']:.3f} s/iter)")
-            write_csv(args.out / "quality.csv", rows)
-            write_csv(args.out / "quality_curves.csv", curves)
-        log(f"[{task}] done in {time.time() - t_task:.0f} s")
+    with stop_on_sigterm(args.resume_every > 0):  # SIGTERM: save where the training is, then exit
+        for task in tasks:
+            cfg = TASKS[task]
+            names = [m for m in cfg["models"] if not args.models or m in args.models.split(",")]
+            t_task = time.time()
+            train_pairs = load_pairs(args.train, cfg["scale"], 0.0, cache) if cfg["noise"] == 0 else \
+                [(p.stem, None, imgops.imread_rgb(p)) for p in imgops.list_images(args.train)]
+            if args.max_train_images:
+                train_pairs = train_pairs[: args.max_train_images]
+            val_sets = {d.name.replace("val_", ""): load_val(d, cfg["scale"], cfg["noise"], cache, prof["val_max_side"])
+                        for d in val_dirs}
+            judge = {d.name.replace("val_", ""): load_val(d, cfg["scale"], cfg["noise"], cache) for d in judge_dirs}
+            log(f"[{task}] {len(train_pairs)} train images, val {', '.join(f'{k} ({len(v)})' for k, v in val_sets.items())}"
+                f", data ready in {time.time() - t_task:.0f} s")
+            for name in names:
+                try:
+                    r, c = cached_or_trained(name, task, cfg, train_pairs, val_sets, args, log, judge)
+                except Exception as err:  # noqa: BLE001  (the other models still run; the exit status says so)
+                    log(f"    {name}: FAILED {type(err).__name__}: {err}")
+                    failed.append(name)
+                    continue
+                rows += r
+                curves += c
+                for x in r:
+                    log(f"  {task} {name:14s} {x['set']:8s} PSNR-Y {x['psnr_y']:.3f}  SSIM-Y {x['ssim_y']:.4f}"
+                        f"  ({x['params']:,} params, {x['s_per_iter']:.3f} s/iter)")
+                write_csv(args.out / "quality.csv", rows)
+                write_csv(args.out / "quality_curves.csv", curves)
+            log(f"[{task}] done in {time.time() - t_task:.0f} s")
     header = [f"- command: `{command}`", f"- machine: {info}",
               f"- schedule: iters {args.iters_for}, input patch {args.patch}, batch {args.batch}, AdamW lr {args.lr}, "
               f"recipe {args.recipe} ({RECIPES[args.recipe]}), L1, seed {args.seed}; total {time.time() - t_all:.0f} s"]

@@ -9,6 +9,7 @@ Configurations (x4, B100 -> Set5/Set14 for selection, Urban100 as the held-out j
 
     python benchmarks/study.py list                 # every job in the order they are taken, its state
     python benchmarks/study.py run --jobs 2         # run them, two at a time (one per core)
+    python benchmarks/study.py stop                 # stop the running jobs, each saving the step it is on
     python benchmarks/study.py report               # the summary table + long-profile plot into docs/
 
 Each job is one ``quality.py`` process at 1 thread: it reads the stored row when there is one (peer
@@ -18,7 +19,9 @@ jobs from one queue as cores free up (started jobs first, then the 2,000-step on
 then the long ones longest first), so the cores stay busy to the end whatever the estimates say. A
 job is locked while it runs (``<out>/locks/``, the pid of its process), so a second ``run`` never
 doubles a job; ``run`` can be stopped and started again at any time (a session's end stops it) and
-finished jobs are not repeated.
+finished jobs are not repeated. ``stop`` (or SIGTERM to ``run`` or to a job) loses nothing: each job
+saves its resume checkpoint at the step it is on before it exits; a job killed outright loses the
+steps since its last 250-step checkpoint.
 
 Resume checkpoints (one per unfinished job, 3-24 MB; a finished job deletes its own) live under
 ``--out`` (default benchmarks/results/study/, ignored by git): large files stay out of the repo. A
@@ -37,8 +40,10 @@ import argparse
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,8 +221,9 @@ def run_queue(out: Path, n: int, models: set[str] | None = None, poll_s: float =
     todo = [j for j in jobs() if not models or j.model in models]
     tried: set[Job] = set()  # run at most once per call (a failed or judge-less job is not retried in a loop)
     running: dict[Job, tuple[subprocess.Popen, float]] = {}
-    failed = 0
     states: dict[Job, str] = {}  # row states, read again only when some job has ended (reading builds networks)
+    stopping = threading.Event()  # a job stopped by SIGTERM (``stop``), or this process got one: start nothing new
+    failed = 0
     elsewhere: list[Path] = []
 
     def done(job: Job) -> bool:
@@ -225,39 +231,67 @@ def run_queue(out: Path, n: int, models: set[str] | None = None, poll_s: float =
             states[job] = load_entry(job, out)[1]
         return states[job] == "done"
 
-    while True:
-        for job, (proc, t0) in list(running.items()):
-            if proc.poll() is not None:
-                del running[job]
-                lock_path(job, out).unlink(missing_ok=True)
-                states.clear()
-                failed += proc.returncode != 0
-                print(f"[{time.strftime('%H:%M')}] {job.config} {job.model}: rc {proc.returncode}, "
-                      f"{time.time() - t0:.0f} s", flush=True)
-        if (now := held_elsewhere(out, running)) != elsewhere:
-            elsewhere = now
-            states.clear()
-        while len(running) + len(elsewhere) < n:  # n jobs on the machine, whoever started them
-            # rows that only need their judge set from saved weights first: seconds, not hours
-            order = sorted(queue(todo, out), key=lambda j: done(j) or states[j] != "no judge")
-            job = next((j for j in order if j not in tried and j not in running and not done(j)
-                        and take_lock(lock_path(j, out))), None)
-            if job is None:
-                break
-            tried.add(job)
-            print(f"[{time.strftime('%H:%M')}] {job.config} {job.model} (~{job.estimate_s / 60:.0f} min"
-                  f"{', resuming' if resume_file(job, out) else ''})", flush=True)
-            (out / job.config).mkdir(parents=True, exist_ok=True)
-            with (out / job.config / f"{job.model}.log").open("a") as log:  # the job's own progress log
-                proc = subprocess.Popen([sys.executable, str(BENCH / "quality.py"), *job.argv(out)], stdout=log,
-                                        stderr=subprocess.STDOUT)
-            lock_path(job, out).write_text(str(proc.pid))  # the lock outlives this process while its job runs
-            running[job] = (proc, time.time())
-        waiting = [j for j in todo if j not in tried and not _held(lock_path(j, out)) and not done(j)]
-        if not running and not waiting:  # (jobs locked by another process are that process's to finish)
-            return 1 if failed else 0
-        time.sleep(poll_s)
+    def on_sigterm(signum, frame) -> None:
+        stopping.set()
+        for proc, _ in list(running.values()):
+            proc.send_signal(signal.SIGTERM)  # each saves its resume checkpoint at the step it is on
 
+    with quality.sigterm_calls(on_sigterm):
+        while True:
+            for job, (proc, t0) in list(running.items()):
+                if proc.poll() is not None:
+                    del running[job]
+                    lock_path(job, out).unlink(missing_ok=True)
+                    states.clear()
+                    if proc.returncode == quality.STOPPED:
+                        stopping.set()
+                    failed += proc.returncode not in (0, quality.STOPPED)
+                    print(f"[{time.strftime('%H:%M')}] {job.config} {job.model}: rc {proc.returncode}, "
+                          f"{time.time() - t0:.0f} s", flush=True)
+            if (now := held_elsewhere(out, running)) != elsewhere:
+                elsewhere = now
+                states.clear()
+            while not stopping.is_set() and len(running) + len(elsewhere) < n:  # n jobs on the machine, whoever started them
+                # rows that only need their judge set from saved weights first: seconds, not hours
+                order = sorted(queue(todo, out), key=lambda j: done(j) or states[j] != "no judge")
+                job = next((j for j in order if j not in tried and j not in running and not done(j)
+                            and take_lock(lock_path(j, out))), None)
+                if job is None:
+                    break
+                tried.add(job)
+                print(f"[{time.strftime('%H:%M')}] {job.config} {job.model} (~{job.estimate_s / 60:.0f} min"
+                      f"{', resuming' if resume_file(job, out) else ''})", flush=True)
+                (out / job.config).mkdir(parents=True, exist_ok=True)
+                with (out / job.config / f"{job.model}.log").open("a") as log:  # the job's own progress log
+                    proc = subprocess.Popen([sys.executable, str(BENCH / "quality.py"), *job.argv(out)], stdout=log,
+                                            stderr=subprocess.STDOUT)
+                lock_path(job, out).write_text(str(proc.pid))  # the lock outlives this process while its job runs
+                running[job] = (proc, time.time())
+            waiting = [j for j in todo if j not in tried and not _held(lock_path(j, out)) and not done(j)]
+            if not running and (not waiting or stopping.is_set()):  # (locked jobs are their own process's to finish)
+                if stopping.is_set():
+                    print(f"[{time.strftime('%H:%M')}] stopped: `study.py run` continues from the resume checkpoints", flush=True)
+                return 1 if failed else 0
+            time.sleep(poll_s)
+
+
+def stop(out: Path, wait_s: float = 120.0) -> int:
+    """Stop every running job of the study without losing a step: each gets SIGTERM, saves its resume
+    checkpoint at the step it is on and exits; the ``run`` that started it then starts nothing new."""
+    pids = {lock: int(lock.read_text().strip()) for lock in sorted((out / "locks").glob("*.lock")) if _held(lock)}
+    if not pids:
+        print("no study job is running")
+        return 0
+    for lock, pid in pids.items():
+        print(f"stopping {lock.stem} (pid {pid})", flush=True)
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.time() + wait_s
+    while time.time() < deadline and any(_alive(pid) for pid in pids.values()):
+        time.sleep(0.2)
+    left = [lock.stem for lock, pid in pids.items() if _alive(pid)]
+    print(f"still running after {wait_s:.0f} s: {', '.join(left)}" if left else
+          "stopped; `python benchmarks/study.py run` continues from the saved steps")
+    return 1 if left else 0
 
 # --------------------------------------------------------------------------------------------------
 def _psnr(entries: dict[Job, dict]) -> dict[tuple[str, str, str], float]:
@@ -470,7 +504,7 @@ def plot_long(entries: dict[Job, dict], png: Path) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=["list", "run", "report"])
+    p.add_argument("command", choices=["list", "run", "stop", "report"])
     p.add_argument("--jobs", type=int, default=2, help="jobs run at once, one per core (default 2)")
     p.add_argument("--models", default=None, help="run only these models (comma list)")
     p.add_argument("--out", type=Path, default=BENCH / "results" / "study", help="runs' outputs (weights, logs)")
@@ -482,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_queue(args.out, args.jobs, set(args.models.split(",")) if args.models else None)
     if args.command == "report":
         return report(args.out)
+    if args.command == "stop":
+        return stop(args.out)
     return show_list(args.out, args.jobs)
 
 

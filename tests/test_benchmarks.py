@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -88,18 +90,24 @@ def keep_threads():
     torch.set_num_threads(n)  # quality.main(--threads) sets them for the whole process
 
 
-def test_quality_caches_peer_rows_and_resumes_an_interrupted_training(tmp_path, monkeypatch, keep_threads):
-    import quality
-
+def _tiny_run(tmp_path: Path, resume_every: int) -> list[str]:
+    """quality.py arguments for a 4-step SAFMN training on a few random images in ``tmp_path``."""
     rng = np.random.default_rng(1)
     for sub, n in (("train", 3), ("val", 2)):
         (tmp_path / sub).mkdir()
         for i in range(n):
             imgops.imwrite_rgb(tmp_path / sub / f"img_{i}.png", (rng.random((48, 40, 3)) * 255).astype(np.uint8))
-    cache = tmp_path / "peer_cache"
-    base = ["--iters", "4", "--tasks", "x4", "--models", "SAFMN", "--patch", "8", "--batch", "2", "--evals", "2",
+    return ["--iters", "4", "--tasks", "x4", "--models", "SAFMN", "--patch", "8", "--batch", "2", "--evals", "2",
             "--train", str(tmp_path / "train"), "--val", str(tmp_path / "val"), "--no-default-val", "--device", "cpu",
-            "--threads", "1", "--peer-cache", str(cache), "--resume-every", "2", "--cache", str(tmp_path / "lr")]
+            "--threads", "1", "--peer-cache", str(tmp_path / "peer_cache"), "--resume-every", str(resume_every),
+            "--cache", str(tmp_path / "lr")]
+
+
+def test_quality_caches_peer_rows_and_resumes_an_interrupted_training(tmp_path, monkeypatch, keep_threads):
+    import quality
+
+    base = _tiny_run(tmp_path, resume_every=2)
+    cache = tmp_path / "peer_cache"
     quality.main(base + ["--out", str(tmp_path / "ref"), "--no-peer-cache"])  # uninterrupted, not cached
     assert not cache.exists()
 
@@ -135,6 +143,36 @@ def test_quality_caches_peer_rows_and_resumes_an_interrupted_training(tmp_path, 
     quality.main([*base[:9], "3", *base[10:], "--out", str(tmp_path / "other")])
     assert "a cached peer was retrained" in (tmp_path / "other" / "quality.log").read_text()
 
+
+
+def test_sigterm_stops_a_training_at_the_step_it_is_on_with_that_step_saved(tmp_path, monkeypatch, keep_threads):
+    import quality
+
+    base = _tiny_run(tmp_path, resume_every=100)  # no periodic checkpoint within the 4 steps
+    quality.main(base + ["--out", str(tmp_path / "ref"), "--no-peer-cache"])
+    out = tmp_path / "run"
+    real_batch = quality.PatchSampler.__call__
+    calls = []
+
+    def sigterm_during_the_third_step(self):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # what `study.py stop` (or a scheduler) sends
+        return real_batch(self)
+
+    monkeypatch.setattr(quality.PatchSampler, "__call__", sigterm_during_the_third_step)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped:
+        quality.main(base + ["--out", str(out), "--no-peer-cache"])
+    assert stopped.value.code == quality.STOPPED
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler lives only while training
+    (ckpt,) = (out / "resume").glob("x4_SAFMN_*.pt")
+    assert torch.load(ckpt, weights_only=False)["it"] == 3  # the step it was on, not the last multiple of 100
+    assert "stopped by SIGTERM at step 3" in (out / "quality.log").read_text()
+    monkeypatch.setattr(quality.PatchSampler, "__call__", real_batch)
+    quality.main(base + ["--out", str(out), "--no-peer-cache"])
+    assert "resuming at step 3" in (out / "quality.log").read_text()
+    assert _metrics(out) == _metrics(tmp_path / "ref")  # no step lost, none repeated
 
 def test_basicsr_metrics_and_imresize_follow_the_field_convention():
     """Pins what the benchmarks take from BasicSR against independent numbers."""

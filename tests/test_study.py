@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -293,7 +295,9 @@ def test_run_queue_runs_each_unfinished_job_once_n_at_a_time_and_respects_live_l
     study.lock_path(study.Job("plain", "SAFMN"), out).write_text(str(os.getpid()))
     late = threading.Timer(1.0, lambda: [study.lock_path(study.Job(c, "SAFMN"), out).unlink() for c in ("seed1", "plain")])
     late.start()  # all 3 slots held elsewhere at first: run waits for them instead of returning
+    before = signal.getsignal(signal.SIGTERM)
     assert study.run_queue(out, 3, poll_s=0.05) == 0  # 3 on the machine, one of them the held job
+    assert signal.getsignal(signal.SIGTERM) is before  # run's own SIGTERM handler is gone with it
     started = [line.split("] ")[1].split(" (")[0] for line in capsys.readouterr().out.splitlines() if "(~" in line]
     assert started[0] == "long SAFMN"
     expected = {f"{j.config}_{j.model}" for j in study.jobs() if j.config != "long" and j != held} | {"long_SAFMN"}
@@ -303,6 +307,49 @@ def test_run_queue_runs_each_unfinished_job_once_n_at_a_time_and_respects_live_l
     assert study.run_queue(out, 3, poll_s=0.05) == 0  # nothing left: returns at once, runs nothing again
     assert {p.name for p in ran.iterdir()} == expected
 
+
+
+SLOW_QUALITY = """
+import signal, sys, time
+from pathlib import Path
+a = sys.argv
+out, model = Path(a[a.index("--out") + 1]), a[a.index("--models") + 1]
+name = f"{out.name}_{model}"
+def stopped(signum, frame):
+    (out.parent / "stopped").mkdir(exist_ok=True)
+    (out.parent / "stopped" / name).touch()
+    sys.exit(75)  # quality.STOPPED
+signal.signal(signal.SIGTERM, stopped)
+(out.parent / "started").mkdir(exist_ok=True)
+(out.parent / "started" / name).touch()
+time.sleep(60)
+(out.parent / "finished").mkdir(exist_ok=True)
+(out.parent / "finished" / name).touch()
+"""
+
+
+def test_stop_ends_the_running_jobs_through_their_sigterm_path_and_run_starts_nothing_after(tmp_path, monkeypatch):
+    assert quality.STOPPED == 75  # the fake job above exits with it
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "quality.py").write_text(SLOW_QUALITY)
+    out = tmp_path / "out"
+    monkeypatch.setattr(study, "BENCH", bench)
+    monkeypatch.setattr(study, "load_entry", lambda job, o: (None, "missing"))
+    result = []
+    runner = threading.Thread(target=lambda: result.append(study.run_queue(out, 2, poll_s=0.05)))
+    runner.start()
+    for _ in range(400):  # both jobs up (each writes its marker once its SIGTERM handler is in place)
+        if (out / "started").is_dir() and len(list((out / "started").iterdir())) == 2:
+            break
+        time.sleep(0.05)
+    assert study.stop(out, wait_s=20) == 0
+    runner.join(timeout=20)
+    assert not runner.is_alive() and result == [0]  # returned, and a stopped job is not a failure
+    started = {p.name for p in (out / "started").iterdir()}
+    assert len(started) == 2 and {p.name for p in (out / "stopped").iterdir()} == started
+    assert not (out / "finished").exists()
+    assert study.stop(out) == 0  # nothing left to stop
 
 def test_report_writes_the_head_start_control_the_run_times_and_the_readme_summary(tmp_path, monkeypatch):
     base = {"hyresr_tiny": 30.0, "SAFMN": 29.5, "SPAN": 29.9, "hyresr_light": 30.3, "SwinIR-light": 30.1,
