@@ -309,6 +309,23 @@ def test_run_queue_runs_each_unfinished_job_once_n_at_a_time_and_respects_live_l
 
 
 
+
+def test_plot_long_draws_one_panel_per_selection_set_from_the_long_rows_only(tmp_path):
+    def curve(model, base):
+        return [{"model": model, "set": s, "iter": it, "psnr_y": base + off + it / 10_000}
+                for s, off in (("Set5", 2.5), ("Set14", 0.0)) for it in (0, 1000, 2000)]
+
+    entries = {study.Job("long", "hyresr_light"): {"curve": curve("hyresr_light", 27.0)},
+               study.Job("long", "SPAN"): {"curve": curve("SPAN", 26.9)},
+               study.Job("standard", "SAFMN"): {"curve": curve("SAFMN", 26.0)}}
+    png = study.plot_long(entries, tmp_path / "img" / "curves.png")
+    assert png == tmp_path / "img" / "curves.png"
+    h, w, _ = imgops.imread_rgb(png).shape
+    assert (w, h) == (1100, 400)  # two panels (Set5, Set14), 5.5 x 4 inches each at 100 dpi
+    assert study.plot_long({study.Job("standard", "SAFMN"): entries[study.Job("standard", "SAFMN")]},
+                           tmp_path / "none.png") is None  # no long row yet: no plot
+    assert not (tmp_path / "none.png").exists()
+
 SLOW_QUALITY = """
 import signal, sys, time
 from pathlib import Path
