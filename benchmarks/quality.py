@@ -24,7 +24,8 @@ Peer rows are cached: a peer's result depends only on fixed code and settings, s
 benchmarks/peer_cache/ (committed) under a key made of the task settings, the peer's configuration and
 parameter count, the torch version, the device type and the data file lists; a rerun on a changed
 HyReSR trains only the HyReSR rows. --no-peer-cache retrains them. Long trainings save a resume
-checkpoint every --resume-every steps (in <out>/resume/) and continue from it when rerun.
+checkpoint every --resume-every steps (in <out>/resume/) and continue from it when rerun; SIGTERM
+stops such a training at the step it is on, saved there (exit status 75), so no step is lost.
 
 Outputs in --out (default benchmarks/results/): quality.csv (final metrics), quality_curves.csv,
 quality.md, quality_curves.png; LR / noisy images are cached once in --cache (default <out>/cache).
