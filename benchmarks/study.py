@@ -83,10 +83,8 @@ GOALS = [
     ("hyresr_light", "hyresr_tiny", None, ("long",)),
 ]
 SETS = ("Set5", "Set14", quality.JUDGE)
-# seconds per step at 1 thread with two jobs on this 2-core machine, for the queue's order and `list`:
-# hyresr_tiny and SAFMN measured 2026-12-03 (0.89, 0.58); the others scaled from issue 11's runs by
-# the same day-to-day factor (the machine ran SAFMN 2.2x slower per CPU second than on 2026-12-02)
-# wall seconds per step (evaluations included) measured in the study's own 2,000-step runs, two jobs on 2 cores
+# wall seconds per step at 1 thread, two jobs on the 2 cores, evaluations included, for the queue's order
+# and `list`: measured in the study's own 2,000-step runs (2026-12-03; the +bilinear peers as their peer)
 SEC_PER_STEP = {"hyresr_tiny": 0.9, "hyresr_light": 1.8, "SAFMN": 0.6, "SPAN": 1.6, "SwinIR-light": 5.8,
                 "SAFMN+bilinear": 0.6, "SPAN+bilinear": 1.6}
 DOC = zoo.REPO / "docs" / "BENCHMARKS.md"
@@ -292,6 +290,7 @@ def stop(out: Path, wait_s: float = 120.0) -> int:
     print(f"still running after {wait_s:.0f} s: {', '.join(left)}" if left else
           "stopped; `python benchmarks/study.py run` continues from the saved steps")
     return 1 if left else 0
+
 
 # --------------------------------------------------------------------------------------------------
 def _psnr(entries: dict[Job, dict]) -> dict[tuple[str, str, str], float]:
