@@ -103,6 +103,21 @@ def _tiny_run(tmp_path: Path, resume_every: int) -> list[str]:
             "--cache", str(tmp_path / "lr")]
 
 
+def _at_third_batch(monkeypatch, quality, event):
+    """Make the training's third batch draw call ``event()`` first; returns the real draw for undoing it."""
+    real_batch = quality.PatchSampler.__call__
+    calls = []
+
+    def batch(self):
+        calls.append(1)
+        if len(calls) == 3:
+            event()
+        return real_batch(self)
+
+    monkeypatch.setattr(quality.PatchSampler, "__call__", batch)
+    return real_batch
+
+
 def test_quality_caches_peer_rows_and_resumes_an_interrupted_training(tmp_path, monkeypatch, keep_threads):
     import quality
 
@@ -112,16 +127,11 @@ def test_quality_caches_peer_rows_and_resumes_an_interrupted_training(tmp_path, 
     assert not cache.exists()
 
     out = tmp_path / "run"
-    real_batch = quality.PatchSampler.__call__
-    calls = []
 
-    def interrupted_at_the_third_batch(self):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_batch(self)
+    def interrupt():
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(quality.PatchSampler, "__call__", interrupted_at_the_third_batch)
+    real_batch = _at_third_batch(monkeypatch, quality, interrupt)
     with pytest.raises(KeyboardInterrupt):
         quality.main(base + ["--out", str(out)])
     assert len(list((out / "resume").glob("x4_SAFMN_*.pt"))) == 1  # saved after step 2
@@ -151,16 +161,8 @@ def test_sigterm_stops_a_training_at_the_step_it_is_on_with_that_step_saved(tmp_
     base = _tiny_run(tmp_path, resume_every=100)  # no periodic checkpoint within the 4 steps
     quality.main(base + ["--out", str(tmp_path / "ref"), "--no-peer-cache"])
     out = tmp_path / "run"
-    real_batch = quality.PatchSampler.__call__
-    calls = []
-
-    def sigterm_during_the_third_step(self):
-        calls.append(1)
-        if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGTERM)  # what `study.py stop` (or a scheduler) sends
-        return real_batch(self)
-
-    monkeypatch.setattr(quality.PatchSampler, "__call__", sigterm_during_the_third_step)
+    # during the third step, what `study.py stop` (or a scheduler) sends
+    real_batch = _at_third_batch(monkeypatch, quality, lambda: os.kill(os.getpid(), signal.SIGTERM))
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as stopped:
         quality.main(base + ["--out", str(out), "--no-peer-cache"])
