@@ -24,7 +24,7 @@ Peer rows are cached: a peer's result depends only on fixed code and settings, s
 benchmarks/peer_cache/ (committed) under a key made of the task settings, the peer's configuration and
 parameter count, the torch version, the device type and the data file lists; a rerun on a changed
 HyReSR trains only the HyReSR rows. --no-peer-cache retrains them. Long trainings save a resume
-checkpoint every --resume-every steps (in <out>/resume/) and continue from it when rerun; SIGTERM
+checkpoint every --resume-every steps (in --resume-dir, default <out>/resume/) and continue from it when rerun; SIGTERM
 stops such a training at the step it is on, saved there (exit status 75), so no step is lost.
 
 Outputs in --out (default benchmarks/results/): quality.csv (final metrics), quality_curves.csv,
@@ -373,7 +373,7 @@ def train_one(name: str, task: str, cfg: dict, train_pairs, val_sets: dict[str, 
     eval_at = sorted({max(1, round(iters * k / args.evals)) for k in range(1, args.evals + 1)})
     curve, losses = [], []
     train_time, wall0, cpu0 = 0.0, 0.0, 0.0
-    resume = Resume(args.out / "resume", tag, args.resume_every)
+    resume = Resume(args.resume_dir or args.out / "resume", tag, args.resume_every)
     start = 0
     state = resume.load()
     if state is not None:
@@ -672,6 +672,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-peer-cache", "--retrain", action="store_true",
                    help="retrain instead of reading stored rows (and store nothing)")
     p.add_argument("--resume-every", type=int, default=250, help="save a resume checkpoint every N steps (0: off)")
+    p.add_argument("--resume-dir", type=Path, default=None, help="folder of the resume checkpoints (default <out>/resume)")
     p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="DIR",
                    help="only write one report (into --out) from the CSVs of earlier runs' output folders")
     args = p.parse_args(argv)

@@ -160,21 +160,25 @@ def test_sigterm_stops_a_training_at_the_step_it_is_on_with_that_step_saved(tmp_
 
     base = _tiny_run(tmp_path, resume_every=100)  # no periodic checkpoint within the 4 steps
     quality.main(base + ["--out", str(tmp_path / "ref"), "--no-peer-cache"])
-    out = tmp_path / "run"
+    out, resume = tmp_path / "run", tmp_path / "kept"  # checkpoints apart from --out, as study.py keeps them
+    base += ["--no-peer-cache", "--resume-dir", str(resume)]
     # during the third step, what `study.py stop` (or a scheduler) sends
     real_batch = _at_third_batch(monkeypatch, quality, lambda: os.kill(os.getpid(), signal.SIGTERM))
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as stopped:
-        quality.main(base + ["--out", str(out), "--no-peer-cache"])
+        quality.main(base + ["--out", str(out)])
     assert stopped.value.code == quality.STOPPED
     assert signal.getsignal(signal.SIGTERM) is before  # the handler lives only while training
-    (ckpt,) = (out / "resume").glob("x4_SAFMN_*.pt")
+    (ckpt,) = resume.glob("x4_SAFMN_*.pt")
+    assert not (out / "resume").exists()
     assert torch.load(ckpt, weights_only=False)["it"] == 3  # the step it was on, not the last multiple of 100
     assert "stopped by SIGTERM at step 3" in (out / "quality.log").read_text()
     monkeypatch.setattr(quality.PatchSampler, "__call__", real_batch)
-    quality.main(base + ["--out", str(out), "--no-peer-cache"])
-    assert "resuming at step 3" in (out / "quality.log").read_text()
-    assert _metrics(out) == _metrics(tmp_path / "ref")  # no step lost, none repeated
+    fresh = tmp_path / "fresh_clone"  # a new --out (the next session's clone) with the kept checkpoint
+    quality.main(base + ["--out", str(fresh)])
+    assert "resuming at step 3" in (fresh / "quality.log").read_text()
+    assert _metrics(fresh) == _metrics(tmp_path / "ref")  # no step lost, none repeated
+    assert not list(resume.glob("*.pt"))  # a finished training deletes its checkpoint
 
 def test_basicsr_metrics_and_imresize_follow_the_field_convention():
     """Pins what the benchmarks take from BasicSR against independent numbers."""

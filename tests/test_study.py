@@ -221,9 +221,12 @@ def test_study_jobs_cover_the_issue_and_the_queue_takes_started_then_short_then_
     for config in ("standard", "seed1", "plain", "long"):
         assert {(config, m) for m in ("hyresr_tiny", "hyresr_light", "SAFMN", "SPAN")} <= names
     assert {("long", "SwinIR-light"), ("standard", "SAFMN+bilinear"), ("standard", "SPAN+bilinear")} <= names
-    assert study.Job("long", "SAFMN").argv(Path("o"))[:6] == ["--profile", "long", "--recipe", "standard", "--seed", "0"]
-    (tmp_path / "long" / "resume").mkdir(parents=True)
-    (tmp_path / "long" / "resume" / "x4_SAFMN_0123456789abcdef.pt").write_bytes(b"")
+    argv = study.Job("long", "SAFMN").argv(Path("o"), Path("r"))
+    assert argv[:6] == ["--profile", "long", "--recipe", "standard", "--seed", "0"]
+    assert argv[argv.index("--out") + 1] == str(Path("o") / "long")
+    assert argv[argv.index("--resume-dir") + 1] == str(Path("r") / "long")  # tracked, apart from --out
+    (tmp_path / "long").mkdir(parents=True)
+    (tmp_path / "long" / "x4_SAFMN_0123456789abcdef.pt").write_bytes(b"")
     order = study.queue(study.jobs(), tmp_path)
     assert sorted(order, key=str) == sorted(study.jobs(), key=str)  # every job once
     assert order[0] == study.Job("long", "SAFMN")  # started: its steps are paid for
@@ -236,7 +239,7 @@ def test_study_jobs_cover_the_issue_and_the_queue_takes_started_then_short_then_
 
 
 def test_list_shows_the_step_a_started_job_reached_and_counts_only_its_steps_left(tmp_path, monkeypatch, capsys):
-    resume = tmp_path / "long" / "resume"
+    resume = tmp_path / "long"
     resume.mkdir(parents=True)
     torch.save({"it": 2500, "model": {}}, resume / "x4_SAFMN_0123456789abcdef.pt")
     (resume / "x4_SPAN_0123456789abcdef.pt").write_bytes(b"cut short")  # unreadable: counted as step 0
@@ -245,7 +248,7 @@ def test_list_shows_the_step_a_started_job_reached_and_counts_only_its_steps_lef
     assert study.resume_step(study.Job("long", "hyresr_tiny"), tmp_path) == 0  # no checkpoint
     unfinished = {study.Job("long", "SAFMN"), study.Job("long", "SPAN"), study.Job("plain", "SPAN")}
     monkeypatch.setattr(study, "load_entry", lambda job, out: (None, "missing" if job in unfinished else "done"))
-    assert study.show_list(tmp_path, 2) == 0
+    assert study.show_list(tmp_path / "out", tmp_path, 2) == 0
     out = capsys.readouterr().out
     assert "SAFMN" in out and "started at step 2500/10000" in out
     left_h = float(out.split("left: ~")[1].split(" core-hours")[0])
@@ -296,7 +299,7 @@ def test_run_queue_runs_each_unfinished_job_once_n_at_a_time_and_respects_live_l
     late = threading.Timer(1.0, lambda: [study.lock_path(study.Job(c, "SAFMN"), out).unlink() for c in ("seed1", "plain")])
     late.start()  # all 3 slots held elsewhere at first: run waits for them instead of returning
     before = signal.getsignal(signal.SIGTERM)
-    assert study.run_queue(out, 3, poll_s=0.05) == 0  # 3 on the machine, one of them the held job
+    assert study.run_queue(out, tmp_path / "resume", 3, poll_s=0.05) == 0  # 3 on the machine, one of them the held job
     assert signal.getsignal(signal.SIGTERM) is before  # run's own SIGTERM handler is gone with it
     started = [line.split("] ")[1].split(" (")[0] for line in capsys.readouterr().out.splitlines() if "(~" in line]
     assert started[0] == "long SAFMN"
@@ -304,7 +307,7 @@ def test_run_queue_runs_each_unfinished_job_once_n_at_a_time_and_respects_live_l
     assert {p.name for p in ran.iterdir()} == expected
     assert max(int(p.read_text()) for p in (out / "seen").iterdir()) == 2  # 3 minus the held one
     assert not study.lock_path(stale, out).exists() and study.lock_path(held, out).exists()
-    assert study.run_queue(out, 3, poll_s=0.05) == 0  # nothing left: returns at once, runs nothing again
+    assert study.run_queue(out, tmp_path / "resume", 3, poll_s=0.05) == 0  # nothing left: returns at once, runs nothing again
     assert {p.name for p in ran.iterdir()} == expected
 
 
@@ -354,19 +357,19 @@ def test_stop_ends_the_running_jobs_through_their_sigterm_path_and_run_starts_no
     monkeypatch.setattr(study, "BENCH", bench)
     monkeypatch.setattr(study, "load_entry", lambda job, o: (None, "missing"))
     result = []
-    runner = threading.Thread(target=lambda: result.append(study.run_queue(out, 2, poll_s=0.05)))
+    runner = threading.Thread(target=lambda: result.append(study.run_queue(out, tmp_path / "resume", 2, poll_s=0.05)))
     runner.start()
     for _ in range(400):  # both jobs up (each writes its marker once its SIGTERM handler is in place)
         if (out / "started").is_dir() and len(list((out / "started").iterdir())) == 2:
             break
         time.sleep(0.05)
-    assert study.stop(out, wait_s=20) == 0
+    assert study.stop(out, tmp_path / "resume", wait_s=20) == 0
     runner.join(timeout=20)
     assert not runner.is_alive() and result == [0]  # returned, and a stopped job is not a failure
     started = {p.name for p in (out / "started").iterdir()}
     assert len(started) == 2 and {p.name for p in (out / "stopped").iterdir()} == started
     assert not (out / "finished").exists()
-    assert study.stop(out) == 0  # nothing left to stop
+    assert study.stop(out, tmp_path / "resume") == 0  # nothing left to stop
 
 def test_report_writes_the_head_start_control_the_run_times_and_the_readme_summary(tmp_path, monkeypatch):
     base = {"hyresr_tiny": 30.0, "SAFMN": 29.5, "SPAN": 29.9, "hyresr_light": 30.3, "SwinIR-light": 30.1,
