@@ -325,16 +325,29 @@ def stop_on_sigterm(enabled: bool):
 class Resume:
     """Resume checkpoint of one training: model, optimizer, sampler and torch RNG, curve, losses.
     Saved atomically every `every` steps so an interrupted run continues where it stopped with the
-    very same batches."""
+    very same batches. The model's buffers that training has not changed (window masks, index tables:
+    13 of SwinIR-light's 24 MB) are left out: the constructor builds them again, and the checkpoints
+    of unfinished study jobs are committed."""
 
-    def __init__(self, folder: Path, tag: str, every: int) -> None:
+    def __init__(self, folder: Path, tag: str, every: int, model: torch.nn.Module) -> None:
         self.path = folder / f"{tag}.pt"
         self.every = every
+        buffers = {k for k, _ in model.named_buffers()}
+        self.built = {k: v.detach().clone() for k, v in model.state_dict().items() if k in buffers}  # as built
 
-    def load(self):
+    def model_state(self, model: torch.nn.Module) -> dict:
+        return {k: v for k, v in model.state_dict().items() if not (k in self.built and torch.equal(v, self.built[k]))}
+
+    def load(self, model: torch.nn.Module):
+        """The saved state with the model's weights restored into ``model``; None when there is none."""
         if self.every <= 0 or not self.path.exists():
             return None
-        return torch.load(self.path, map_location="cpu", weights_only=False)  # our own file
+        state = torch.load(self.path, map_location="cpu", weights_only=False)  # our own file
+        missing, unexpected = model.load_state_dict(state["model"], strict=False)
+        if unexpected or set(missing) - set(self.built):  # only buffers as built may be absent
+            raise RuntimeError(f"{self.path} does not fit {type(model).__name__}: missing {sorted(set(missing) - set(self.built))}, "
+                               f"unexpected {sorted(unexpected)}")
+        return state
 
     def save(self, it: int, model, opt, sampler, losses, curve, train_time: float, wall: float, cpu: float,
              force: bool = False) -> None:
@@ -342,7 +355,7 @@ class Resume:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        torch.save({"it": it, "model": model.state_dict(), "opt": opt.state_dict(),
+        torch.save({"it": it, "model": self.model_state(model), "opt": opt.state_dict(),
                     "sampler": sampler.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                     "losses": losses, "curve": curve, "train_time": train_time, "wall": wall, "cpu": cpu}, tmp)
         os.replace(tmp, self.path)
@@ -373,11 +386,10 @@ def train_one(name: str, task: str, cfg: dict, train_pairs, val_sets: dict[str, 
     eval_at = sorted({max(1, round(iters * k / args.evals)) for k in range(1, args.evals + 1)})
     curve, losses = [], []
     train_time, wall0, cpu0 = 0.0, 0.0, 0.0
-    resume = Resume(args.resume_dir or args.out / "resume", tag, args.resume_every)
+    resume = Resume(args.resume_dir or args.out / "resume", tag, args.resume_every, model)
     start = 0
-    state = resume.load()
+    state = resume.load(model)
     if state is not None:
-        model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         sampler.rng.bit_generator.state = state["sampler"]
         torch.set_rng_state(state["torch_rng"])

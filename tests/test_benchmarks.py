@@ -155,6 +155,41 @@ def test_quality_caches_peer_rows_and_resumes_an_interrupted_training(tmp_path, 
 
 
 
+class _WithBuffers(nn.Module):
+    def __init__(self, layer: str = "conv") -> None:
+        super().__init__()
+        setattr(self, layer, nn.Conv2d(1, 3, 1))
+        self.register_buffer("table", torch.arange(6))  # an index table: never changed by training
+        self.register_buffer("count", torch.zeros(()))  # changed by training, like BatchNorm's statistics
+
+
+def test_resume_checkpoint_leaves_out_the_buffers_as_built_and_restores_every_tensor(tmp_path):
+    import types
+
+    import quality
+
+    torch.manual_seed(0)
+    model = _WithBuffers()
+    resume = quality.Resume(tmp_path, "toy", every=1, model=model)
+    opt = torch.optim.Adam(model.parameters())
+    model.conv.weight.data.add_(1.0)
+    model.count += 3
+    sampler = types.SimpleNamespace(rng=np.random.default_rng(0))
+    resume.save(1, model, opt, sampler, [0.5], [], 1.0, 1.0, 1.0)
+    saved = torch.load(resume.path, weights_only=False)["model"]
+    assert set(saved) == {"conv.weight", "conv.bias", "count"}  # "table" is rebuilt by the constructor
+    fresh = _WithBuffers()
+    assert resume.load(fresh)["it"] == 1
+    for k, v in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+    with pytest.raises(RuntimeError, match=r"toy\.pt does not fit _WithBuffers.*proj\.weight.*conv\.weight"):
+        resume.load(_WithBuffers(layer="proj"))  # another network's checkpoint: named, not half-loaded silently
+    swinir = zoo.build("SwinIR-light", 4)
+    kept = quality.Resume(tmp_path, "swinir", every=1, model=swinir).model_state(swinir)
+    assert not any("attn_mask" in k or "relative_position_index" in k for k in kept)
+    assert set(kept) == {k for k, _ in swinir.named_parameters()}
+
+
 def test_sigterm_stops_a_training_at_the_step_it_is_on_with_that_step_saved(tmp_path, monkeypatch, keep_threads):
     import quality
 
