@@ -531,11 +531,12 @@ def cached_or_trained(name: str, task: str, cfg: dict, train_pairs, val_sets, ar
             for r in entry["rows"]:
                 r["cached"] = True
             return entry["rows"], entry["curve"]
+    revision = _git_revision()  # the code this process trains with, not whatever HEAD is when it ends
     rows, curve = train_one(name, task, cfg, train_pairs, val_sets, args, log, tag=tag, judge=judge)
     if not args.no_peer_cache and rows and rows[0]["iters"] == args.iters_for[task]:
         path.parent.mkdir(parents=True, exist_ok=True)
         entry = {"key": key, "settings": settings, "machine": zoo.machine_info(args.device),
-                 "date": time.strftime("%Y-%m-%d %H:%M"), "revision": _git_revision(),
+                 "date": time.strftime("%Y-%m-%d %H:%M"), "revision": revision,
                  "judge": {s: _listing(args.judge) for s in (judge or {})} if judge else {},
                  "rows": rows, "curve": curve}
         if fingerprint is not None:

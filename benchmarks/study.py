@@ -381,19 +381,22 @@ def seed_spread(entries: dict[Job, dict]) -> list[str]:
 def paired_judge(entries: dict[Job, dict], draws: int = 10_000) -> list[str]:
     """Each goal's judge-set margin image by image: the mean of the per-image differences (the table's
     margin), a 95 % bootstrap interval over the 30 images (resampled in pairs; how much the margin
-    could move on another sample of such images), and on how many images HyReSR is ahead."""
+    could move on another sample of such images), and on how many images HyReSR is ahead. Each pair draws
+    from its own seeded generator, so its interval stays put as other rows arrive."""
+    import zlib
+
     import numpy as np
 
     per = {(j.config, j.model): r["per_image_psnr_y"] for j, e in entries.items() for r in e["rows"]
            if r["set"] == quality.JUDGE and "per_image_psnr_y" in r}
     md = ["| HyReSR | peer | configuration | margin | 95 % interval | images ahead |", "|---|---|---|---:|---|---:|"]
-    rng = np.random.default_rng(0)
     for ours, peer, goal, configs in GOALS:
         for c in configs:
             a, b = per.get((c, ours)), per.get((c, peer))
             if not a or not b or set(a) != set(b):
                 continue
             d = np.array([a[k] - b[k] for k in sorted(a)])
+            rng = np.random.default_rng(zlib.crc32(f"{ours} {peer} {c}".encode()))
             boot = d[rng.integers(0, len(d), (draws, len(d)))].mean(axis=1)
             lo, hi = np.percentile(boot, [2.5, 97.5])
             md.append(f"| {ours} | {peer} | {c} | {d.mean():+.3f} | {lo:+.3f} .. {hi:+.3f} | {(d > 0).sum()}/{len(d)} |")

@@ -410,3 +410,19 @@ def test_report_writes_the_head_start_control_the_run_times_and_the_readme_summa
     assert table_line in r and "hyresr_tiny vs SAFMN (>= +0.2 dB" in r and "share that survives" not in r
     with pytest.raises(SystemExit, match="no .* block"):
         study.report(tmp_path, doc, tmp_path / "missing.md")
+
+
+def test_a_pairs_bootstrap_interval_stays_put_when_other_pairs_rows_arrive():
+    gaps = np.random.default_rng(3).normal(0.3, 0.2, 12)  # 12 images: intervals vary with the draws
+
+    def entry(values):
+        return {"rows": [{"set": quality.JUDGE, "psnr_y": 0.0,
+                          "per_image_psnr_y": {f"img_{i}": 28.0 + v for i, v in enumerate(values)}}]}
+
+    tiny, safmn, light, span = (study.Job("standard", m) for m in ("hyresr_tiny", "SAFMN", "hyresr_light", "SPAN"))
+    entries = {tiny: entry(gaps), safmn: entry(0 * gaps)}
+    (alone,) = study.paired_judge(entries)[2:]
+    entries[light], entries[span] = entry(gaps[::-1]), entry(0 * gaps)  # light vs SPAN is drawn before tiny vs SAFMN
+    both = study.paired_judge(entries)
+    assert both[2].startswith("| hyresr_light | SPAN | standard |")
+    assert alone.startswith("| hyresr_tiny | SAFMN | standard |") and alone in both
