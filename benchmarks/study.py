@@ -24,7 +24,7 @@ saves its resume checkpoint at the step it is on before it exits; a job killed o
 steps since its last 250-step checkpoint.
 
 Every session of this project starts on a fresh clone (ignored files do not survive it), and a long
-job outlasts a session, so the resume checkpoints (one per unfinished job, 3-24 MB; a finished job
+job outlasts a session, so the resume checkpoints (one per unfinished job, 3-27 MB; a finished job
 deletes its own) live in ``--resume`` (default benchmarks/study_resume/, tracked): commit them after
 ``stop`` and the next session's ``run`` continues from them. Weights, logs and locks stay under
 ``--out`` (default benchmarks/results/study/, ignored by git).
