@@ -344,8 +344,9 @@ class Resume:
             return None
         state = torch.load(self.path, map_location="cpu", weights_only=False)  # our own file
         missing, unexpected = model.load_state_dict(state["model"], strict=False)
-        if unexpected or set(missing) - set(self.built):  # only buffers as built may be absent
-            raise RuntimeError(f"{self.path} does not fit {type(model).__name__}: missing {sorted(set(missing) - set(self.built))}, "
+        missing = sorted(set(missing) - set(self.built))  # only buffers as built may be absent
+        if missing or unexpected:
+            raise RuntimeError(f"{self.path} does not fit {type(model).__name__}: missing {missing}, "
                                f"unexpected {sorted(unexpected)}")
         return state
 
