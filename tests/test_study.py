@@ -426,3 +426,19 @@ def test_a_pairs_bootstrap_interval_stays_put_when_other_pairs_rows_arrive():
     both = study.paired_judge(entries)
     assert both[2].startswith("| hyresr_light | SPAN | standard |")
     assert alone.startswith("| hyresr_tiny | SAFMN | standard |") and alone in both
+
+
+def test_the_committed_docs_are_the_report_of_the_committed_rows(tmp_path, monkeypatch):
+    """Issue 19's auditability: README.md and docs/BENCHMARKS.md quote exactly what `study.py report`
+    makes from the row files in the repo, so a reader can regenerate every number they print."""
+    if not (zoo.DATA / "train_B100").is_dir():
+        pytest.skip(f"{zoo.DATA} is absent: the row files are named after the data they were trained on")
+    doc, readme = tmp_path / "docs" / "BENCHMARKS.md", tmp_path / "README.md"
+    doc.parent.mkdir()
+    doc.write_text(study.DOC.read_text())
+    readme.write_text(study.README.read_text())
+    # the plot is an image: only its link is compared here (test_plot_long covers the drawing)
+    monkeypatch.setattr(study, "plot_long", lambda entries, png: png)
+    study.report(tmp_path / "out", doc, readme)
+    assert doc.read_text() == study.DOC.read_text(), "docs/BENCHMARKS.md differs from `study.py report`"
+    assert readme.read_text() == study.README.read_text(), "README.md differs from `study.py report`"
