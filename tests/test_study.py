@@ -433,12 +433,13 @@ def test_the_committed_docs_are_the_report_of_the_committed_rows(tmp_path, monke
     makes from the row files in the repo, so a reader can regenerate every number they print."""
     if not (zoo.DATA / "train_B100").is_dir():
         pytest.skip(f"{zoo.DATA} is absent: the row files are named after the data they were trained on")
+    committed_doc, committed_readme = study.DOC.read_text(), study.README.read_text()
     doc, readme = tmp_path / "docs" / "BENCHMARKS.md", tmp_path / "README.md"
     doc.parent.mkdir()
-    doc.write_text(study.DOC.read_text())
-    readme.write_text(study.README.read_text())
-    # the plot is an image: only its link is compared here (test_plot_long covers the drawing)
+    doc.write_text(committed_doc)
+    readme.write_text(committed_readme)
+    # the plot is an image: only its link is compared here (test_plot_long_* covers the drawing)
     monkeypatch.setattr(study, "plot_long", lambda entries, png: png)
     study.report(tmp_path / "out", doc, readme)
-    assert doc.read_text() == study.DOC.read_text(), "docs/BENCHMARKS.md differs from `study.py report`"
-    assert readme.read_text() == study.README.read_text(), "README.md differs from `study.py report`"
+    assert doc.read_text() == committed_doc, "docs/BENCHMARKS.md differs from `study.py report`"
+    assert readme.read_text() == committed_readme, "README.md differs from `study.py report`"
