@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import csv
 import hashlib
 import json
@@ -53,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ablations  # noqa: E402
 import imgops  # noqa: E402
 import zoo  # noqa: E402
 
@@ -279,6 +281,8 @@ def run_key(name: str, task: str, args) -> tuple[str, dict]:
     else:
         model_id = {"config": {**zoo.hyresr_module().VARIANTS[name], **(getattr(args, "arch_options", None) or {})},
                     "params": zoo.count_params(model)}
+        if getattr(args, "ablate", None):
+            model_id["ablate"] = list(args.ablate)
     settings = {"loop": LOOP_VERSION, "task": task, "scale": cfg["scale"], "sigma": cfg["noise"],
                 "iters": args.iters_for[task], "patch": args.patch, "batch": args.batch, "lr": args.lr,
                 "recipe": args.recipe, "evals": args.evals, "seed": args.seed, "curve_sets": args.curve_sets,
@@ -289,11 +293,13 @@ def run_key(name: str, task: str, args) -> tuple[str, dict]:
 
 
 def build_model(name: str, scale: int, args) -> torch.nn.Module:
-    """A zoo model; HyReSR variants take --arch-options (a candidate configuration) on top."""
+    """A zoo model; HyReSR variants take --arch-options (a candidate configuration) and --ablate
+    (components taken out, benchmarks/ablations.py) on top."""
     options = getattr(args, "arch_options", None) or {}
-    if options and name not in zoo.PEERS:
-        return getattr(zoo.hyresr_module(), name)(scale=scale, **options)
-    return zoo.build(name, scale)
+    ablate = getattr(args, "ablate", None) or []
+    if name in zoo.PEERS or not (options or ablate):
+        return zoo.build(name, scale)
+    return ablations.apply(getattr(zoo.hyresr_module(), name)(scale=scale, **options), ablate)
 
 
 STOP = threading.Event()  # set by SIGTERM while a resumable training runs
@@ -365,6 +371,25 @@ class Resume:
         self.path.unlink(missing_ok=True)
 
 
+@torch.no_grad()
+def balancing_vs_optimizer(before: torch.nn.Module, after: torch.nn.Module, probe: torch.Tensor) -> dict:
+    """How far one training step moved the output (eval mode, mean |delta| on a fixed image) through
+    its MoE balancing alone (the frozen parameters: route biases, balance_steps) and through its
+    optimizer update alone (everything else). Empty for a model without MoE balancing."""
+    frozen = [k for k, p in after.named_parameters() if not p.requires_grad]
+    if not any(k.endswith("route_bias") for k in frozen):
+        return {}
+    sa, sb = after.state_dict(), before.state_dict()
+    balance_only, optimizer_only = copy.deepcopy(before).eval(), copy.deepcopy(after).eval()
+    balance_only.load_state_dict({**sb, **{k: sa[k] for k in frozen}})
+    optimizer_only.load_state_dict({**sa, **{k: sb[k] for k in frozen}})
+    ref = before.eval()(probe)
+    moved = {"d_out_balance": balance_only(probe), "d_out_optimizer": optimizer_only(probe)}
+    biases = [sa[k].abs().mean() for k in frozen if k.endswith("route_bias")]
+    return {**{k: float(f"{float((v - ref).abs().mean()):.3g}") for k, v in moved.items()},
+            "route_bias_abs": round(float(torch.stack(biases).mean()), 4)}
+
+
 def _row(task: str, cfg: dict, name: str, params: int, iters: int, set_name: str, p: float, s: float) -> dict:
     return {"task": task, "scale": cfg["scale"], "sigma": cfg["noise"], "model": name, "params": params,
             "iters": iters, "set": set_name, "psnr_y": round(p, 4), "ssim_y": round(s, 5)}
@@ -408,6 +433,7 @@ def train_one(name: str, task: str, cfg: dict, train_pairs, val_sets: dict[str, 
         log(f"    {name:14s} it {it:6d}  L1 {curve[-1]['train_l1'] or float('nan'):.4f}  "
             + "  ".join(f"{c['set']} {c['psnr_y']:.3f}" for c in curve[-len(val_sets):]) + f" dB  ({time.time() - t0:.0f} s)")
 
+    probe = next(iter(val_sets.values()))[0].inp[..., :48, :48].to(args.device)  # fixed image for the balancing probe
     if start == 0:
         evaluate(0)  # where the model starts: HyReSR's bilinear head start shows here
     for it in range(start, iters):
@@ -416,6 +442,7 @@ def train_one(name: str, task: str, cfg: dict, train_pairs, val_sets: dict[str, 
         ts = time.time()
         x, y = sampler()
         x, y = x.to(args.device), y.to(args.device)
+        before = copy.deepcopy(model) if it + 1 in eval_at and name.startswith("hyresr") else None
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=args.amp):
             out = model(x)
         loss = F.l1_loss(out.float(), y)
@@ -431,6 +458,8 @@ def train_one(name: str, task: str, cfg: dict, train_pairs, val_sets: dict[str, 
             break
         if it + 1 in eval_at:
             evaluate(it + 1)
+            if before is not None:  # what this step's balancing and optimizer update each did to the output
+                curve[-1].update(balancing_vs_optimizer(before, model, probe))
         stop = STOP.is_set()
         resume.save(it + 1, model, opt, sampler, losses, curve, train_time, time.time() - t0, time.process_time() - c0,
                     force=stop)
@@ -472,7 +501,8 @@ def judge_complete(entry: dict, judge_sets) -> bool:
     return all(s in have for s in judge_sets)
 
 
-ROW_CODE = ("hyresr_arch/hyresr_arch.py", "benchmarks/quality.py", "benchmarks/zoo.py", "benchmarks/imgops.py")
+ROW_CODE = ("hyresr_arch/hyresr_arch.py", "benchmarks/quality.py", "benchmarks/zoo.py", "benchmarks/imgops.py",
+            "benchmarks/ablations.py")
 
 
 def _git_revision() -> str:
@@ -677,6 +707,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--arch-options", type=json.loads, default=None, metavar="JSON",
                    help='HyReSR builder overrides for a candidate configuration, e.g. \'{"dims": [48, 48, 64]}\'')
+    p.add_argument("--ablate", type=lambda s: [a for a in s.split(",") if a], default=None, metavar="NAMES",
+                   help=f"HyReSR with components taken out (comma list of {', '.join(ablations.ABLATIONS)})")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (same for every model)")
     p.add_argument("--max-train-images", type=int, default=0, help="use only the first N training images")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
