@@ -187,6 +187,9 @@ _QUERY_OPS = {
 _CONV = {"convolution", "_convolution", "cudnn_convolution", "convolution_overrideable", "_slow_conv2d_forward"}
 _MM = {"mm", "addmm", "bmm", "baddbmm", "_grouped_mm", "_scaled_mm", "addbmm", "_addmm_activation"}
 _SDPA = "scaled_dot_product_attention"
+# ops eager CUDA runs as one kernel that the fake-tensor path decomposes into ~36 index / arithmetic
+# ops (torch's python decomposition, for lack of a meta kernel): recorded as the one kernel
+_ONE_KERNEL = {"upsample_bilinear2d", "upsample_nearest2d", "upsample_bicubic2d", "_upsample_bilinear2d_aa"}
 _SDPA_KERNELS = {"_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
                  "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu",
                  "_scaled_dot_product_fused_attention_overrideable", "_flash_attention_forward",
@@ -300,6 +303,8 @@ class _CostMode(torch.utils._python_dispatch.TorchDispatchMode):
             return func(*args, **kwargs)
         if name == _SDPA:
             return self._sdpa(func, args, kwargs)
+        if name in _ONE_KERNEL:
+            return self._one_kernel(func, name, args, kwargs)
         if name == "_local_scalar_dense":  # .item(): a device -> host copy and a sync; value unknown here
             self._count()
             if args[0].device.type == "cuda":
@@ -365,6 +370,15 @@ class _CostMode(torch.utils._python_dispatch.TorchDispatchMode):
             self._add(Op(name, "attn", flops, nbytes))
         else:
             self._add(Op(name, "mem", flops, nbytes))
+
+    def _one_kernel(self, func, name: str, args, kwargs):
+        """Run ``func`` below this mode (however the fake path computes it, unrecorded); record it as
+        one memory-bound kernel that reads its input and writes its output."""
+        out = func(*args, **kwargs)
+        self._count()
+        self._track(out)
+        self._add(Op(name, "mem", 0.0, self._io_bytes(args, kwargs, out)))
+        return out
 
     def _sdpa(self, func, args, kwargs):
         q, k, v = args[:3]

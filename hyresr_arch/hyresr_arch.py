@@ -161,8 +161,11 @@ class FreqSplit(nn.Module):
 
 
 def _add_scaled(x: Tensor, scale: Tensor, y: Tensor, sign: int = 1) -> Tensor:
-    """x + sign * scale * y as one fused kernel (a learned residual scale). A traced ONNX graph gets
-    the plain form: the exporter turns addcmul's scalar into an fp32 constant, which breaks fp16 graphs."""
+    """x + sign * scale * y as one fused kernel (a learned residual scale), in x's dtype: under
+    autocast the fp32 scale would otherwise promote the whole residual stream to fp32. A traced ONNX
+    graph gets the plain form: the exporter turns addcmul's scalar into an fp32 constant, which breaks
+    fp16 graphs."""
+    scale, y = scale.to(x.dtype), y.to(x.dtype)
     if _tracing():
         return x + scale * y if sign > 0 else x - scale * y
     return torch.addcmul(x, scale, y, value=sign)

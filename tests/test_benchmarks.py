@@ -292,3 +292,39 @@ def test_quality_merge_reports_goal_margins_of_runs_made_in_parallel(tmp_path):
     assert summary["SAFMN", "Set14"]["status"] == "met"
     md = (tmp_path / "merged" / "quality.md").read_text()
     assert "| cached |" in md and "| trained |" in md and "standard profile" not in md
+
+
+def _params(modules) -> int:
+    return sum(p.numel() for m in modules for p in m.parameters())
+
+
+@pytest.mark.parametrize("name", ["no_attention", "one_path", "no_msg"])
+def test_each_ablation_takes_out_exactly_its_component_and_the_network_still_trains(name):
+    import ablations
+    from hyresr_arch.hyresr_arch import FreqSplit, HyReSRBlock, MSGSkip, WindowAttention
+
+    torch.manual_seed(0)
+    base = zoo.build("hyresr_tiny", 4)
+    blocks = [m for m in base.modules() if isinstance(m, HyReSRBlock)]
+    removed = {  # the component's own parameters, counted on the untouched network
+        "no_attention": _params(m for b in blocks for m in [*b.high.attns, *b.high.attn_norms]),
+        # the split and the low path go; the fusion's 1x1 takes one band (dim x dim + dim instead of 2dim x dim + dim)
+        "one_path": _params(m for b in blocks for m in (b.split, b.low)) + sum(b.fusion.mix.weight.numel() // 2 for b in blocks),
+        "no_msg": sum(_params([m]) - _params([m.mix]) for m in base.modules() if isinstance(m, MSGSkip)),
+    }[name]
+    model = ablations.apply(zoo.build("hyresr_tiny", 4), [name])
+    assert _params([base]) - _params([model]) == removed > 0
+    kinds = {"no_attention": WindowAttention, "one_path": FreqSplit, "no_msg": MSGSkip}[name]
+    assert not any(isinstance(m, kinds) for m in model.modules())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y = torch.rand(2, 3, 12, 20), torch.rand(2, 3, 48, 80)
+    losses = []
+    for _ in range(3):
+        loss = (model.train()(x) - y).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    with pytest.raises(ValueError, match="unknown ablation 'no_head'; known: no_attention, one_path, no_msg"):
+        ablations.apply(model, ["no_head"])

@@ -101,3 +101,18 @@ def test_cpu_fp16_autocast_steps_with_fp32_losses_stay_finite(builder):
     assert 0 < peaks.forward < FP16_MAX / 100, peaks.forward
     assert 0 < peaks.backward < FP16_MAX / 100, peaks.backward
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_the_residual_stream_keeps_the_autocast_dtype():
+    """Under bf16 autocast every block hands on a bf16 stream: a learned fp32 residual scale must not
+    promote the stream to fp32 (twice the memory traffic for every later elementwise op on a GPU)."""
+    from hyresr_arch.hyresr_arch import HyReSRBlock, NAFBlock
+
+    model = H.hyresr_tiny(scale=2).eval()
+    dtypes = []
+    for m in model.modules():
+        if isinstance(m, (HyReSRBlock, NAFBlock)):
+            m.register_forward_hook(lambda mod, inp, out: dtypes.append((type(mod).__name__, out.dtype)))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.rand(1, 3, 16, 16))
+    assert len(dtypes) > 4 and {d for _, d in dtypes} == {torch.bfloat16}, dtypes

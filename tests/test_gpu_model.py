@@ -321,3 +321,24 @@ def test_update_docs_replaces_only_the_generated_block(tmp_path):
     other = tmp_path / "C.md"
     other.write_text("# nothing here\n")
     assert not gm.update_docs("x", other)
+
+
+def test_a_bilinear_upsample_is_recorded_as_the_one_kernel_eager_runs():
+    """The fake path decomposes F.interpolate(bilinear) into ~36 index/arithmetic ops; eager runs one
+    upsample kernel (the CPU profiler's aten ops of the same call, allocations aside). Under fp16
+    autocast the upsample runs in fp32 (autocast's fp32 list): it reads the fp32 input and writes the
+    fp32 output, once each."""
+
+    class Up(nn.Module):
+        def forward(self, x):
+            return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+
+    tr = gm.trace(Up(), "up", "fp16", (1, 16, 64, 64))
+    assert [(o.name, o.cls) for o in tr.ops] == [("upsample_bilinear2d", "mem")]
+    assert tr.ops[0].bytes == 4 * 16 * (64 * 64 + 128 * 128)
+    x = torch.rand(1, 16, 64, 64)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        Up()(x)
+    eager = [e.name for e in prof.events() if e.name.startswith("aten::") and not e.name.startswith(("aten::empty",
+                                                                                                     "aten::as_strided"))]
+    assert eager == ["aten::upsample_bilinear2d"]

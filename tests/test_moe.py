@@ -193,3 +193,56 @@ def test_token_counters_survive_a_half_precision_cast_beyond_65504_tokens_per_ex
     for m, b in zip(moes, before):  # each layer's bias moved against its own load (not at all if even)
         expected = torch.sign(m.counts.sum() - m.experts * m.counts).float() * step
         assert torch.isfinite(m.route_bias).all() and torch.allclose(m.route_bias.float() - b, expected, atol=1e-3)
+
+
+def _always_expert_0(model) -> list[TokenMoE]:
+    moes = [m for m in model.modules() if isinstance(m, TokenMoE)]
+    with torch.no_grad():
+        for m in moes:
+            m.router.weight.zero_()
+            m.router.bias.copy_(torch.tensor([100.0, 0.0]))  # expert 0 wins whatever the bias does
+    return moes
+
+
+def test_the_balancing_step_decays_with_training_so_the_routing_settles():
+    """Step t moves each bias by balance_rate / (1 + t / balance_settle): the sum below is computed
+    independently of the network's own arithmetic, step by step."""
+    model = hyresr_tiny(scale=2, experts=2).train()
+    moes = _always_expert_0(model)
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        for _ in range(30):
+            model(x)
+    expected = sum(0.05 / (1 + t / 200) for t in range(30))
+    assert model.balance_steps.item() == 30
+    for m in moes:  # overloaded every step: pushed down, the idle expert up, by the decayed sum
+        assert m.route_bias.tolist() == pytest.approx([-expected, expected], rel=1e-5)
+    with torch.no_grad():  # 10,000 training forwards in: the published loss-free step (~0.001)
+        model.balance_steps.fill_(10_000)
+        before = moes[0].route_bias.clone()
+        model(x)
+    assert (before - moes[0].route_bias)[0].item() == pytest.approx(0.05 / 51, rel=1e-4)
+    assert not model.balance_steps.requires_grad and "balance_steps" in model.state_dict()
+
+
+def test_eval_forwards_neither_balance_nor_count_steps():
+    model = hyresr_tiny(scale=2, experts=2).eval()
+    _always_expert_0(model)
+    with torch.no_grad():
+        model(torch.rand(1, 3, 16, 16))
+    assert model.balance_steps.item() == 0
+
+
+def test_a_checkpoint_saved_before_balance_steps_existed_loads_and_starts_its_count_at_zero():
+    from hyresr_arch import build_from_state_dict
+
+    trained = hyresr_tiny(scale=2).train()
+    with torch.no_grad():
+        trained(torch.rand(1, 3, 16, 16))
+    old = {k: v for k, v in trained.state_dict().items() if k != "balance_steps"}  # a network v2 file
+    fresh = hyresr_tiny(scale=2)
+    fresh.load_state_dict(old, strict=True)
+    assert fresh.balance_steps.item() == 0
+    rebuilt = build_from_state_dict(old)
+    assert rebuilt.balance_steps.item() == 0
+    assert all(torch.equal(rebuilt.state_dict()[k], v) for k, v in old.items())

@@ -177,7 +177,7 @@ def _entry(rows: dict[tuple[str, str], float]) -> dict:
 
 def test_summary_counts_a_goal_met_only_where_every_configuration_and_set_meets_it():
     entries = {}
-    for config in study.CONFIGS:
+    for config in study.STUDY:
         for model in study.MODELS[config]:
             base = {"hyresr_tiny": 30.0, "SAFMN": 29.5, "SPAN": 29.9, "hyresr_light": 30.3, "SwinIR-light": 30.1,
                     "SAFMN+bilinear": 29.6, "SPAN+bilinear": 29.95}[model]
@@ -185,7 +185,7 @@ def test_summary_counts_a_goal_met_only_where_every_configuration_and_set_meets_
                 base = 29.85  # tiny leads SAFMN by only 0.15 dB under the plain recipe
             entries[study.Job(config, model)] = _entry({(model, s): base for s in study.SETS})
     md, margins = study.table(entries)
-    assert md[0].count("|") == 1 + len(study.CONFIGS) * len(study.SETS) + 1
+    assert md[0].count("|") == 1 + len(study.STUDY) * len(study.SETS) + 1
     row = next(line for line in md if line.startswith("| SAFMN |"))
     assert "29.850" in row and "29.500" in row
     v = "\n".join(study.verdicts(margins))
@@ -285,7 +285,7 @@ def test_run_queue_runs_each_unfinished_job_once_n_at_a_time_and_respects_live_l
             return None, "done"
         if job == study.Job("long", "SAFMN"):
             return None, "no judge"  # a row that needs only its judge set: taken first
-        return None, "done" if job.config == "long" else "missing"
+        return None, "done" if job.config in ("long", "ablation") else "missing"
 
     monkeypatch.setattr(study, "load_entry", fake_state)
     held, stale = study.Job("plain", "SPAN"), study.Job("seed1", "SPAN")
@@ -303,7 +303,8 @@ def test_run_queue_runs_each_unfinished_job_once_n_at_a_time_and_respects_live_l
     assert signal.getsignal(signal.SIGTERM) is before  # run's own SIGTERM handler is gone with it
     started = [line.split("] ")[1].split(" (")[0] for line in capsys.readouterr().out.splitlines() if "(~" in line]
     assert started[0] == "long SAFMN"
-    expected = {f"{j.config}_{j.model}" for j in study.jobs() if j.config != "long" and j != held} | {"long_SAFMN"}
+    expected = {f"{j.config}_{j.model}" for j in study.jobs() if j.config not in ("long", "ablation") and j != held}
+    expected |= {"long_SAFMN"}
     assert {p.name for p in ran.iterdir()} == expected
     assert max(int(p.read_text()) for p in (out / "seen").iterdir()) == 2  # 3 minus the held one
     assert not study.lock_path(stale, out).exists() and study.lock_path(held, out).exists()
@@ -378,8 +379,9 @@ def test_report_writes_the_head_start_control_the_run_times_and_the_readme_summa
     def fake_entry(job, out):
         if job.config == "long" and job.model == "SPAN":
             return None, "missing"
-        shift = 0.125 if (job.config, job.model) == ("seed1", "hyresr_tiny") else 0.0
-        rows = [{"set": s, "psnr_y": base[job.model] + shift, "wall_s": 600.0, "cpu_s": 540.0} for s in study.SETS]
+        shift = {("seed1", "hyresr_tiny"): 0.125, ("ablation", "tiny-no-msg"): -0.1, ("ablation", "tiny-dense-ffn"): 0.1,
+                 ("ablation", "tiny-one-path"): -0.02}.get((job.config, job.model), 0.0)
+        rows = [{"set": s, "psnr_y": base[job.variant] + shift, "wall_s": 600.0, "cpu_s": 540.0} for s in study.SETS]
         if job.config == "standard" and job.model in ("hyresr_tiny", "SAFMN"):
             # tiny ahead by 0.7 dB on 3 of 4 images and behind by 0.1 on one: mean +0.5
             gap = [0.7, 0.7, 0.7, -0.1] if job.model == "hyresr_tiny" else [0.0] * 4
@@ -390,11 +392,20 @@ def test_report_writes_the_head_start_control_the_run_times_and_the_readme_summa
     monkeypatch.setattr(study, "load_entry", fake_entry)
     monkeypatch.setattr(study, "plot_long", lambda entries, png: None)
     doc, readme = tmp_path / "BENCHMARKS.md", tmp_path / "README.md"
-    doc.write_text(f"# B\n\nbefore\n{study.BEGIN}\nold table\n{study.END}\nafter\n")
+    doc.write_text(f"# B\n\nbefore\n{study.BEGIN}\nold table\n{study.END}\nafter\n{study.ABLATION_BEGIN}\nold\n"
+                   f"{study.ABLATION_END}\n")
     readme.write_text(f"# R\n{study.README_BEGIN}\nold\n{study.README_END}\n## Next\n")
     study.report(tmp_path, doc, readme)
     d, r = doc.read_text(), readme.read_text()
-    assert "old table" not in d and d.startswith("# B\n\nbefore\n") and d.endswith("after\n")
+    assert "old table" not in d and d.startswith("# B\n\nbefore\n") and "\nafter\n" in d
+    assert "\nold\n" not in d and d.endswith(study.ABLATION_END + "\n")
+    # the ablation table: each row against the long hyresr_tiny row, a verdict on each component
+    assert "| tiny-no-msg | plain skips instead of MSG | 273,417 | 80K | 29.900 | 29.900 | 29.900 | -0.100 / -0.100 | " \
+           "pays (worse without it) | 10 min (9) |" in d
+    assert "| -> one dense FFN of the same active width | 271,165 |" in d.replace("| tiny-dense-ffn | MoE ", "| ")
+    assert "+0.100 / +0.100 | costs (better without it) |" in d and "-0.020 / -0.020 | neutral |" in d
+    assert "| tiny-1-level | 1 level (no U-Net), about equal params | 266,681 | 190K | 30.000 | 30.000 | 30.000 | " \
+           "+0.000 / +0.000 |  |" in d  # a level count is not a component: no verdict
     # tiny leads SAFMN by 0.5 dB, SAFMN+bilinear by 0.2: 40 % of the lead survives the head start
     assert "| hyresr_tiny | SAFMN | Urban100 | +0.500 | +0.200 | 40% |" in d
     assert "| hyresr_tiny | SPAN | Set5 | +0.100 | -0.100 | none |" in d  # a lead that is gone, not a share of it
@@ -443,3 +454,25 @@ def test_the_committed_docs_are_the_report_of_the_committed_rows(tmp_path, monke
     study.report(tmp_path / "out", doc, readme)
     assert doc.read_text() == committed_doc, "docs/BENCHMARKS.md differs from `study.py report`"
     assert readme.read_text() == committed_readme, "README.md differs from `study.py report`"
+
+
+def test_a_row_of_network_v2_is_found_by_its_settings_less_one_parameter_and_labelled(tmp_path):
+    """Network v2 had no balance_steps: its rows carry a parameter count one lower, so their key differs.
+    The report still shows them, labelled v2; a row of any other parameter count is not taken for one."""
+    import hashlib
+    import json
+
+    settings = {"model": "hyresr_tiny", "params": 298_185, "iters": 10_000, "data": {"train_B100": [["a.png", 1]]}}
+
+    def key(s):
+        return hashlib.sha256(json.dumps(s, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+    today = tmp_path / f"x4_hyresr_tiny_{key(settings)}.json"
+    assert study.network_v2_entry(today, settings) is None
+    v2 = tmp_path / f"x4_hyresr_tiny_{key({**settings, 'params': 298_184})}.json"
+    v2.write_text(json.dumps({"rows": [{"set": "Set5", "psnr_y": 30.5}], "curve": []}))
+    entry = study.network_v2_entry(today, settings)
+    assert entry["network"] == "v2" and entry["rows"][0]["psnr_y"] == 30.5
+    assert study.network_v2_entry(today, {**settings, "params": 298_186}) is None
+    md, _ = study.table({study.Job("long", "hyresr_tiny"): entry})
+    assert any(line.startswith("| hyresr_tiny (v2) |") for line in md)

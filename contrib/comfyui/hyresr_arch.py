@@ -161,8 +161,11 @@ class FreqSplit(nn.Module):
 
 
 def _add_scaled(x: Tensor, scale: Tensor, y: Tensor, sign: int = 1) -> Tensor:
-    """x + sign * scale * y as one fused kernel (a learned residual scale). A traced ONNX graph gets
-    the plain form: the exporter turns addcmul's scalar into an fp32 constant, which breaks fp16 graphs."""
+    """x + sign * scale * y as one fused kernel (a learned residual scale), in x's dtype: under
+    autocast the fp32 scale would otherwise promote the whole residual stream to fp32. A traced ONNX
+    graph gets the plain form: the exporter turns addcmul's scalar into an fp32 constant, which breaks
+    fp16 graphs."""
+    scale, y = scale.to(x.dtype), y.to(x.dtype)
     if _tracing():
         return x + scale * y if sign > 0 else x - scale * y
     return torch.addcmul(x, scale, y, value=sign)
@@ -528,7 +531,13 @@ class TokenMoE(nn.Module):
       checkpoint saves it.
     """
 
-    balance_rate = 0.05  # bias step (in logits) per training forward
+    balance_rate = 0.05  # bias step (in logits) of the first training forward
+    # The step decays as balance_rate / (1 + t / balance_settle) at training forward t (the network's
+    # ``balance_steps``): a fixed step keeps re-routing tokens after the learning rate has decayed (late
+    # in a cosine schedule one 0.05 step moved the output ~50x more than one optimizer step), while a
+    # 1/t step (stochastic approximation) settles yet can still move any distance: 0.05 at the start,
+    # half that by step 200, 0.001 (the published loss-free size) by step 10,000.
+    balance_settle = 200
     record_loads = False  # count tokens per expert in eval forwards too (HyReSR.moe_loads)
     dispatch: Literal["auto", "dense", "grouped"] = "auto"
 
@@ -1103,6 +1112,9 @@ class HyReSR(nn.Module):
             self.head_dysample = DySampleHead(dims[0], out_ch, scale)
         else:
             self.head = PixelShuffleHead(dims[0], out_ch, scale)
+        # training forwards balanced so far (the MoE balancing step decays with it): frozen like
+        # route_bias, so that checkpoints save it and EMA copies follow it
+        self.balance_steps = nn.Parameter(torch.zeros(()), requires_grad=False)
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, self.in_ch)
@@ -1143,6 +1155,8 @@ class HyReSR(nn.Module):
         # load_state_dict(strict=True) fails with it; a non-strict load (a warm start from another
         # scale, channel count or variant) lists it in .unexpected_keys and loads every tensor that fits.
         key = prefix + "hyresr_meta"
+        if prefix + "balance_steps" not in state_dict:  # network v2 before the settling balancing: start at 0
+            state_dict = {**state_dict, prefix + "balance_steps": torch.zeros(())}
         if key not in state_dict:
             missing_keys.append(key)
         else:
@@ -1174,9 +1188,11 @@ class HyReSR(nn.Module):
         rates = {m.balance_rate for m in moes}  # one rate (a tensor of several only when layers differ)
         rate = (rates.pop() if len(rates) == 1
                 else torch.tensor([m.balance_rate for m in moes], dtype=bias.dtype, device=bias.device).unsqueeze(1))
-        step = rate * direction.to(bias.dtype)
+        settle = 1.0 / (1.0 + self.balance_steps.to(bias.dtype) / TokenMoE.balance_settle)  # a tensor: no host sync
+        step = rate * settle * direction.to(bias.dtype)
         torch._foreach_add_([m.route_bias for m in moes], list(step.unbind(0)))
         torch._foreach_zero_([m.pending for m in moes])
+        self.balance_steps.add_(1)
 
     # -- deployment helpers --------------------------------------------------------------
 
@@ -1240,10 +1256,12 @@ def _check_config(*, in_ch: int, out_ch: int, scale: int, dims: Sequence[int], d
                          f"{DySampleHead.groups}, got scale={scale}, dims[0]={dims[0]}")
     if msg_depth < 1:
         raise ValueError(f"msg_depth (gated conv blocks in each MSG skip) must be >= 1, got {msg_depth}")
-    if (not 2 <= len(dims) <= MAX_LEVELS or len(depths) != len(dims) or any(d % 4 for d in dims[1:])
+    if (not 1 <= len(dims) <= MAX_LEVELS or len(depths) != len(dims) or any(d % 4 for d in dims[1:])
             or min(depths) < 1):
-        raise ValueError(f"dims and depths need one entry per U-Net level (2 to {MAX_LEVELS} levels), dims[1:] "
+        raise ValueError(f"dims and depths need one entry per U-Net level (1 to {MAX_LEVELS} levels), dims[1:] "
                          f"multiples of 4, depths >= 1; got dims={dims}, depths={depths}")
+    if len(dims) == 1 and msg_depth != 1:
+        raise ValueError(f"a one-level network has no skips, so msg_depth does not apply: leave it at 1, got {msg_depth}")
     if not 0 <= naf_levels < len(dims):
         raise ValueError(f"naf_levels (levels, from full resolution down, that use NAF blocks only) must be in "
                          f"[0, {len(dims) - 1}]: the bottleneck is always hybrid; got {naf_levels}")
@@ -1449,7 +1467,7 @@ def _strip_prefixes(key: str) -> str:
     return key
 
 
-_TOP_LEVEL = ("hyresr_meta", "stem", "bottleneck", "head", "head_dysample",
+_TOP_LEVEL = ("hyresr_meta", "balance_steps", "stem", "bottleneck", "head", "head_dysample",
               *(f"{m}{i}" for i in range(1, MAX_LEVELS) for m in ("encoder", "down", "up", "skip", "decoder")))
 
 
@@ -1497,7 +1515,7 @@ def read_hyperparameters(sd: dict[str, Tensor]) -> tuple[dict, bool]:
             ffn_ratio=ffn_m / 1000,
             low_depth=_count(sd, f"{b0}.low.blocks"),
             high_depth=_count(sd, f"{b0}.high.attns"),
-            msg_depth=_count(sd, "skip1.refine"),
+            msg_depth=_count(sd, "skip1.refine") or 1,  # a one-level network has no skips (and msg_depth 1)
             naf_levels=_count_levels(sd, "encoder", "blocks.0.norm1.weight"),  # NAF blocks, from the top
             global_mix="bottleneck.global_mix.qkv.weight" in sd,
             kernel_size=sd[f"{b0}.reparam.{'fused' if fused else 'large'}.weight"].shape[-1],
@@ -1588,13 +1606,17 @@ def _register(registry, builders: dict) -> None:
 
 class _FrozenRouteBiasLogFilter:
     """Drops the hosts' "Params <name>.route_bias will not be optimized." warnings (BasicSR, neosr
-    and traiNNer-redux log one per frozen parameter, one per MoE layer here). route_bias is frozen
-    on purpose: the balancing rule updates it, EMA averages it, checkpoints save it. Every other
-    line, including the same warning for any other parameter, passes."""
+    and traiNNer-redux log one per frozen parameter: one per MoE layer here, and one for
+    balance_steps). Both are frozen on purpose: the balancing rule updates them, EMA averages them,
+    checkpoints save them. Every other line, including the same warning for any other parameter, passes."""
+
+    frozen = ("route_bias", "balance_steps")
 
     def filter(self, record) -> bool:
-        message = record.getMessage()
-        return not (message.startswith("Params ") and message.endswith(".route_bias will not be optimized."))
+        message, head, tail = record.getMessage(), "Params ", " will not be optimized."
+        if not (message.startswith(head) and message.endswith(tail)):
+            return True
+        return message[len(head) : -len(tail)].split(".")[-1] not in self.frozen
 
 
 def _quiet_host_logs() -> None:

@@ -140,8 +140,11 @@ class FreqSplit(nn.Module):
 
 
 def _add_scaled(x: Tensor, scale: Tensor, y: Tensor, sign: int = 1) -> Tensor:
-    """x + sign * scale * y as one fused kernel (a learned residual scale). A traced ONNX graph gets
-    the plain form: the exporter turns addcmul's scalar into an fp32 constant, which breaks fp16 graphs."""
+    """x + sign * scale * y as one fused kernel (a learned residual scale), in x's dtype: under
+    autocast the fp32 scale would otherwise promote the whole residual stream to fp32. A traced ONNX
+    graph gets the plain form: the exporter turns addcmul's scalar into an fp32 constant, which breaks
+    fp16 graphs."""
+    scale, y = scale.to(x.dtype), y.to(x.dtype)
     if _tracing():
         return x + scale * y if sign > 0 else x - scale * y
     return torch.addcmul(x, scale, y, value=sign)
@@ -434,7 +437,13 @@ class TokenMoE(nn.Module):
       checkpoint saves it.
     """
 
-    balance_rate = 0.05  # bias step (in logits) per training forward
+    balance_rate = 0.05  # bias step (in logits) of the first training forward
+    # The step decays as balance_rate / (1 + t / balance_settle) at training forward t (the network's
+    # ``balance_steps``): a fixed step keeps re-routing tokens after the learning rate has decayed (late
+    # in a cosine schedule one 0.05 step moved the output ~50x more than one optimizer step), while a
+    # 1/t step (stochastic approximation) settles yet can still move any distance: 0.05 at the start,
+    # half that by step 200, 0.001 (the published loss-free size) by step 10,000.
+    balance_settle = 200
     record_loads = (
         False  # count tokens per expert in eval forwards too (HyReSR.moe_loads)
     )
@@ -1156,6 +1165,9 @@ class HyReSR(nn.Module):
             self.head_dysample = DySampleHead(dims[0], out_ch, scale)
         else:
             self.head = PixelShuffleHead(dims[0], out_ch, scale)
+        # training forwards balanced so far (the MoE balancing step decays with it): frozen like
+        # route_bias, so that checkpoints save it and EMA copies follow it
+        self.balance_steps = nn.Parameter(torch.zeros(()), requires_grad=False)
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, self.in_ch)
@@ -1213,6 +1225,10 @@ class HyReSR(nn.Module):
         # load_state_dict(strict=True) fails with it; a non-strict load (a warm start from another
         # scale, channel count or variant) lists it in .unexpected_keys and loads every tensor that fits.
         key = prefix + "hyresr_meta"
+        if (
+            prefix + "balance_steps" not in state_dict
+        ):  # network v2 before the settling balancing: start at 0
+            state_dict = {**state_dict, prefix + "balance_steps": torch.zeros(())}
         if key not in state_dict:
             missing_keys.append(key)
         else:
@@ -1262,9 +1278,13 @@ class HyReSR(nn.Module):
                 [m.balance_rate for m in moes], dtype=bias.dtype, device=bias.device
             ).unsqueeze(1)
         )
-        step = rate * direction.to(bias.dtype)
+        settle = 1.0 / (
+            1.0 + self.balance_steps.to(bias.dtype) / TokenMoE.balance_settle
+        )  # a tensor: no host sync
+        step = rate * settle * direction.to(bias.dtype)
         torch._foreach_add_([m.route_bias for m in moes], list(step.unbind(0)))
         torch._foreach_zero_([m.pending for m in moes])
+        self.balance_steps.add_(1)
 
     # -- deployment helpers --------------------------------------------------------------
 
@@ -1365,14 +1385,18 @@ def _check_config(
             f"msg_depth (gated conv blocks in each MSG skip) must be >= 1, got {msg_depth}"
         )
     if (
-        not 2 <= len(dims) <= MAX_LEVELS
+        not 1 <= len(dims) <= MAX_LEVELS
         or len(depths) != len(dims)
         or any(d % 4 for d in dims[1:])
         or min(depths) < 1
     ):
         raise ValueError(
-            f"dims and depths need one entry per U-Net level (2 to {MAX_LEVELS} levels), dims[1:] "
+            f"dims and depths need one entry per U-Net level (1 to {MAX_LEVELS} levels), dims[1:] "
             f"multiples of 4, depths >= 1; got dims={dims}, depths={depths}"
+        )
+    if len(dims) == 1 and msg_depth != 1:
+        raise ValueError(
+            f"a one-level network has no skips, so msg_depth does not apply: leave it at 1, got {msg_depth}"
         )
     if not 0 <= naf_levels < len(dims):
         raise ValueError(
