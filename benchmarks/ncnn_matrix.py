@@ -1,5 +1,5 @@
 """Variant x option matrix of the NCNN export: for each configuration, ``hyresr export-ncnn``'s own
-path (trace in ``ncnn_graph()``, pnnx, ncnn runtime) and the max abs difference to PyTorch fp32 at
+path (trace in ``hyresr_arch.tools.ncnn_graph.ncnn_graph()``, pnnx, ncnn runtime) and the max abs difference to PyTorch fp32 at
 sizes other than the traced one, or the reason the command refuses it. Weights are perturbed
 (``tests/conftest.perturbed``) so every branch carries signal.
 

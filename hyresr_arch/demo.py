@@ -284,9 +284,9 @@ def main(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from registry_hooks import basicsr as basicsr_hook
+    from hyresr_arch.tools.hosts import prepare_basicsr, run_basicsr
 
-    basicsr_hook.prepare()  # compat shim + basicsr + HyReSR registered in its ARCH_REGISTRY
+    prepare_basicsr()  # compat shim + basicsr + HyReSR registered in its ARCH_REGISTRY
     import yaml
 
     import hyresr_arch
@@ -311,7 +311,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"[hyresr demo] 2/4 training hyresr_tiny x2 for {args.iters} iterations through BasicSR's "
           f"train_pipeline ({opt_path}); BasicSR logs every {opt['logger']['print_freq']} iterations", flush=True)
     t_train = time.time()
-    basicsr_hook.run(["-opt", str(opt_path)], root_path=str(out))
+    run_basicsr(["-opt", str(opt_path)], root_path=str(out))
     t_train = time.time() - t_train
     ckpt = exp_dir / "models" / "net_g_latest.pth"
     if not ckpt.exists():

@@ -7,7 +7,7 @@
 Copies ``hyresr_arch.py`` into the host's ``archs/`` folder (the host registers it on import) and
 our option templates into the host's options folder. A different file already at a destination is
 never overwritten without ``--force``; ``--uninstall`` removes only files identical to ours
-(``--force``: remove them anyway). What goes where is in ``registry_hooks/<host>.py``.
+(``--force``: remove them anyway). What goes where is in ``hyresr_arch/tools/hosts.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import shutil
 import sys
 from pathlib import Path
 
-HOSTS = ("neosr", "traiNNer")
+from hyresr_arch.tools.hosts import LAYOUTS, HostLayout
+
+HOSTS = tuple(LAYOUTS)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -29,18 +31,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--uninstall", action="store_true", help="remove what install put there")
 
 
-def _host_module(host: str):
-    if host == "neosr":
-        from registry_hooks import neosr as mod
-    else:
-        from registry_hooks import traiNNer as mod
-    return mod
+def _layout(host: str) -> HostLayout:
+    return LAYOUTS[host]
 
 
 def _template_folder(host: str) -> Path:
     """The folder of our option templates for `host`: ``options/<host>/`` in the repository (a checkout
     or an editable install); a built wheel carries the same folder inside the package (setup.py)."""
-    source = _host_module(host).OPTIONS_SOURCE
+    source = _layout(host).options_source
     package = Path(__file__).resolve().parent
     for folder in (package / source, package.parent / source):
         if folder.is_dir():
@@ -50,12 +48,12 @@ def _template_folder(host: str) -> Path:
 
 def plan(host: str) -> list[tuple[Path, str]]:
     """(source file in this pack, destination relative to the host root) for everything we install."""
-    mod = _host_module(host)
+    layout = _layout(host)
     arch = Path(__file__).resolve().parent / "hyresr_arch.py"
-    items = [(arch, mod.ARCH_DEST)]
+    items = [(arch, layout.arch_dest)]
     for src in sorted(_template_folder(host).iterdir()):
         if src.is_file() and src.suffix in (".toml", ".yml", ".yaml"):
-            items.append((src, mod.destination(src.name)))
+            items.append((src, layout.destination(src.name)))
     return items
 
 
@@ -79,12 +77,12 @@ def install(host: str, root: Path, force: bool = False, out=print, err=_stderr) 
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, target)
         out(f"{action:<11} {target}")
-    mod = _host_module(host)
+    layout = _layout(host)
     if host == "neosr":
         out("next: python train.py -opt options/train_hyresr_light_x4.toml  (edit the dataset paths first)")
     else:
-        out(f"next: copy a template from {root / mod.OPTIONS_DEST} into {mod.TRAIN_OPTIONS_DEST}/, edit its "
-            f"dataset paths, then python train.py --auto_resume -opt {mod.TRAIN_OPTIONS_DEST}/<file>.yml")
+        out(f"next: copy a template from {root / layout.options_dest} into {layout.train_options_dest}/, edit its "
+            f"dataset paths, then python train.py --auto_resume -opt {layout.train_options_dest}/<file>.yml")
     return 0
 
 
@@ -111,9 +109,9 @@ def uninstall(host: str, root: Path, force: bool = False, out=print) -> int:
 
 def main(args: argparse.Namespace) -> int:
     root = Path(args.root).expanduser().resolve()
-    mod = _host_module(args.host)
-    if not root.is_dir() or not all((root / m).is_file() for m in mod.MARKERS):
-        expected = ", ".join(mod.MARKERS)
+    layout = _layout(args.host)
+    if not root.is_dir() or not all((root / m).is_file() for m in layout.markers):
+        expected = ", ".join(layout.markers)
         print(f"hyresr install: {root} does not look like a {args.host} checkout (expected {expected})",
               file=sys.stderr)
         return 2

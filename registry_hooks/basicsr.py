@@ -14,47 +14,9 @@ before BasicSR builds ``network_g``.
 
 from __future__ import annotations
 
-import os
-import sys
 
-from registry_hooks import _compat
-
-
-def prepare() -> None:
-    """Apply the basicsr 1.4.2 compat fixes, import basicsr, register the HyReSR builders."""
-    _compat.apply()
-    import basicsr.utils.registry  # noqa: F401  (import before the arch file so it can register)
-    import hyresr_arch
-
-    # The arch file registers with BasicSR on import when basicsr was imported first; when
-    # hyresr_arch was imported earlier (e.g. by `hyresr demo`), register explicitly. Idempotent.
-    hyresr_arch.register_basicsr()
-
-
-def run(argv: list[str] | None = None, root_path: str | None = None) -> None:
-    """Run BasicSR's ``train_pipeline`` (or ``test_pipeline`` with ``--test``).
-
-    BasicSR parses ``sys.argv`` itself, so ``argv`` (without the program name) replaces it for the
-    duration of the call.
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    test = "--test" in argv
-    argv = [a for a in argv if a != "--test"]
-    prepare()
-    root_path = os.path.abspath(root_path or os.getcwd())
-    saved = sys.argv
-    sys.argv = ["registry_hooks.basicsr", *argv]
-    try:
-        if test:
-            from basicsr.test import test_pipeline
-
-            test_pipeline(root_path)
-        else:
-            from basicsr.train import train_pipeline
-
-            train_pipeline(root_path)
-    finally:
-        sys.argv = saved
+from hyresr_arch.tools.hosts import prepare_basicsr as prepare  # noqa: F401  (compat fixes, basicsr, HyReSR)
+from hyresr_arch.tools.hosts import run_basicsr as run
 
 
 if __name__ == "__main__":

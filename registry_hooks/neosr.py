@@ -1,4 +1,5 @@
-"""What `hyresr install --host neosr` puts into a neosr checkout (github.com/neosr-project/neosr).
+"""neosr (github.com/neosr-project/neosr): ``python -m registry_hooks.neosr --root CHECKOUT`` installs
+the arch file and option files into a neosr checkout (the same as ``hyresr install --host neosr``).
 
 neosr imports every ``neosr/archs/*_arch.py`` when it builds a network, so the arch file alone is
 the integration: it registers the variants with ``neosr.utils.registry.ARCH_REGISTRY`` and reads
@@ -7,14 +8,16 @@ the scale from the option file (``scale = ...``) through neosr's ``net_opt()``.
 
 from __future__ import annotations
 
-HOST = "neosr"
-OPTIONS_SOURCE = "options/neosr"  # in this repository (a wheel: in the hyresr_arch package)
-ARCH_DEST = "neosr/archs/hyresr_arch.py"  # in the neosr checkout
-OPTIONS_DEST = "options"  # neosr keeps train_*.toml / test_*.toml flat in options/
-# files whose presence says "this is a neosr checkout"
-MARKERS = ("neosr/archs/arch_util.py", "neosr/utils/registry.py", "train.py")
+import sys
 
+from hyresr_arch.tools.hosts import LAYOUTS
 
-def destination(option_file: str) -> str:
-    """Where one of our option files goes (neosr keeps train and test files in one folder)."""
-    return f"{OPTIONS_DEST}/{option_file}"
+LAYOUT = LAYOUTS["neosr"]
+HOST, OPTIONS_SOURCE, ARCH_DEST, OPTIONS_DEST, MARKERS = (LAYOUT.host, LAYOUT.options_source, LAYOUT.arch_dest,
+                                                         LAYOUT.options_dest, LAYOUT.markers)
+destination = LAYOUT.destination
+
+if __name__ == "__main__":
+    from hyresr_arch.cli import main
+
+    sys.exit(main(["install", "--host", HOST, *sys.argv[1:]]))

@@ -84,21 +84,6 @@ def test_spandrel_copy_is_the_network_part_with_spandrel_conventions():
     assert "ncnn" not in copy.lower()  # the NCNN export path stays in the pack (hyresr export-ncnn)
 
 
-def test_ncnn_path_is_cut_whole_and_a_changed_flag_is_reported():
-    source = C._network_part(C.arch_source())
-    cut = C._without_ncnn_path(source)
-    assert "_NCNN_GRAPH" in source and "ncnn" not in cut.lower().replace("ncnn_graph", "")
-    tree = ast.parse(cut)
-    defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
-    kept = {n.name for n in ast.walk(ast.parse(source)) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
-    assert kept - defined <= {"ncnn_graph", "_forward_ncnn", "_init_ncnn", "pad_nchw", "_focus_unit", "windows_nchw",
-                              "_window_corners", "key_windows_nchw", "key_order", "unwindow_nchw", "_unit_ncnn",
-                              "pointwise", "channel_norm", "forward_map"}
-    assert {"forward", "WindowGeometry", "partition_kv", "TokenMoE"} <= defined  # the main path stays
-    with pytest.raises(C.ContribError, match="_NCNN_GRAPH"):
-        C._without_ncnn_path(source.replace("if _NCNN_GRAPH:", "if _NCNN_EXPORT:"))
-
-
 def test_spandrel_files_follow_spandrel_review_conventions():
     test = (ROOT / "contrib/spandrel/tests" / f"test_{C.ARCH_ID}.py").read_text()
     tree = ast.parse(test)

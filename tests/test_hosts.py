@@ -237,8 +237,10 @@ def _py(code: str, cwd: Path, extra_path: Path | None = None):
 def test_import_registers_with_basicsr_and_reimport_is_harmless(tmp_path):
     out = _py(f"""
         import importlib, importlib.util, sys
-        from registry_hooks import _compat
-        _compat.apply()
+        spec = importlib.util.spec_from_file_location("hosts", {str(ROOT / "hyresr_arch/tools/hosts.py")!r})
+        hosts = sys.modules["hosts"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(hosts)  # by its path: hyresr_arch is not imported yet
+        hosts.apply_basicsr_compat()
         from basicsr.utils.registry import ARCH_REGISTRY
         import hyresr_arch
         names = {sorted(hyresr_arch.BUILDERS)!r}
@@ -446,3 +448,16 @@ def test_install_rejects_a_folder_that_is_not_the_host(tmp_path, capsys):
     assert install.main(args) == 2
     assert "does not look like a neosr checkout" in capsys.readouterr().err
     assert not (tmp_path / "neosr").exists()
+
+
+def test_the_pack_never_imports_registry_hooks():
+    """registry_hooks/ (the hosts' entry points) depends on hyresr_arch, never the reverse."""
+    import ast
+
+    offenders = []
+    for path in (ROOT / "hyresr_arch").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(ROOT)}:{node.lineno}" for n in names if n.split(".")[0] == "registry_hooks"]
+    assert offenders == []

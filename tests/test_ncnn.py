@@ -1,6 +1,6 @@
 """NCNN export (``hyresr export-ncnn``): pnnx conversion checked with the real ncnn runtime.
 
-The NCNN path of the network (``hyresr_arch.ncnn_graph()``) is held equal to the main forward for
+The NCNN graph (``hyresr_arch.tools.ncnn_graph``, swapped in while exporting) is held equal to the main forward for
 every variant and option (eager PyTorch, fp32 rounding); hyresr_tiny x4 and a DySample model are
 exported, and the files are run by ncnn at sizes other than the traced one. The heavy variants'
 conversions are in ``benchmarks/ncnn_matrix.py`` (minutes each), not here.
@@ -9,6 +9,7 @@ conversions are in ``benchmarks/ncnn_matrix.py`` (minutes each), not here.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from conftest import perturbed
 import hyresr_arch as H
 from hyresr_arch.cli import main as cli
 from hyresr_arch.tools import checkpoints, export_ncnn, runners
+from hyresr_arch.tools import ncnn_graph as G
 
 pytest.importorskip("pnnx")
 ncnn = pytest.importorskip("ncnn")
@@ -58,19 +60,22 @@ def test_ncnn_graph_computes_the_main_forward(name, options, size):
             model.fuse()
         with torch.no_grad():
             ref = model(x)
-            with H.ncnn_graph():
+            with G.ncnn_graph():
                 out = model(x)
         assert out.shape == ref.shape
         assert (out - ref).abs().max().item() <= 1e-5 * max(1.0, ref.abs().max().item())
 
 
-def test_ncnn_graph_is_only_a_context():
-    assert not H.hyresr_arch._NCNN_GRAPH
+def test_ncnn_graph_swaps_forwards_only_inside_its_context_and_the_network_file_has_no_export_path():
+    arch = H.hyresr_arch
+    originals = [owner.__dict__[name] for owner, name, _ in G.SWAPS]
     with pytest.raises(RuntimeError):
-        with H.ncnn_graph():
-            assert H.hyresr_arch._NCNN_GRAPH
+        with G.ncnn_graph():
+            assert [owner.__dict__[name] for owner, name, _ in G.SWAPS] == [new for _, _, new in G.SWAPS]
             raise RuntimeError
-    assert not H.hyresr_arch._NCNN_GRAPH
+    assert [owner.__dict__[name] for owner, name, _ in G.SWAPS] == originals
+    source = Path(arch.__file__).read_text()
+    assert "ncnn" not in source.lower()  # what users copy into their hosts carries no export branches
 
 
 
@@ -80,13 +85,13 @@ def test_ncnn_windows_round_trip_and_match_the_main_partition(size, window, head
     (i, j) is map pixel (i*w + y, j*w + x)), one tensor per part, and unwindow_nchw puts them back."""
     d = 5
     x = torch.randn(2, heads * d, *size, generator=torch.Generator().manual_seed(0))
-    parts = H.hyresr_arch.windows_nchw(x, window, heads)
+    parts = G.windows_nchw(x, window, heads)
     nh, nw = size[0] // window, size[1] // window
     assert [p.shape for p in parts] == [(2, nh, nw, window * window, d)] * heads
     for h, p in enumerate(parts):
         ref = x[:, h * d : (h + 1) * d].unfold(2, window, window).unfold(3, window, window)  # B, d, nh, nw, w, w
         assert torch.equal(p, ref.flatten(4).permute(0, 2, 3, 4, 1))
-    assert torch.equal(H.hyresr_arch.unwindow_nchw(parts, window), x)
+    assert torch.equal(G.unwindow_nchw(parts, window), x)
 
 
 
@@ -97,11 +102,11 @@ def test_ncnn_key_windows_are_the_main_paths_overlapping_windows(size, window, k
     key_order, with pad_value outside the map."""
     heads, d = 2, 3
     x = torch.randn(2, heads * d, *size, generator=torch.Generator().manual_seed(0))
-    ours = H.hyresr_arch.key_windows_nchw(x, window, kv_window, heads, -7.0)
+    ours = G.key_windows_nchw(x, window, kv_window, heads, -7.0)
     ref = H.hyresr_arch.partition_kv(x.permute(0, 2, 3, 1), window, kv_window, 1, heads, -7.0)[0]  # B*nW, heads, Nk, d
     nh, nw = size[0] // window, size[1] // window
-    ref = ref.view(2, nh, nw, heads, kv_window**2, d)[..., H.hyresr_arch.key_order(window, kv_window), :]
-    assert sorted(H.hyresr_arch.key_order(window, kv_window)) == list(range(kv_window**2))
+    ref = ref.view(2, nh, nw, heads, kv_window**2, d)[..., G.key_order(window, kv_window), :]
+    assert sorted(G.key_order(window, kv_window)) == list(range(kv_window**2))
     for h in range(heads):
         assert torch.equal(ours[h], ref[:, :, :, h])
 
@@ -116,7 +121,7 @@ def test_ncnn_graph_in_fp16_arithmetic_stays_finite_and_close(name):
     x = torch.rand(1, 3, 40, 36, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         ref = model(x)
-        with H.ncnn_graph():
+        with G.ncnn_graph():
             out = model.half()(x.half()).float()
     assert torch.isfinite(out).all()
     err = (out - ref).abs()
@@ -134,12 +139,20 @@ def tiny4():
 
 @pytest.fixture(scope="module")
 def tiny4_files(tmp_path_factory, tiny4):
-    """hyresr_tiny x4 exported through the command line, from a BasicSR-style checkpoint."""
+    """hyresr_tiny x4 exported through the command line, from a BasicSR-style checkpoint, to paths as
+    a user types them: relative, into another existing folder, the name without ``.param``."""
     d = tmp_path_factory.mktemp("ncnn")
     ckpt = d / "net_g_100.pth"
     torch.save({"params_ema": tiny4.state_dict()}, ckpt)
-    assert cli(["export-ncnn", str(ckpt), str(d / "4x-Tiny.param")]) == 0
-    return d / "4x-Tiny.param", d / "4x-Tiny.bin"
+    (d / "models").mkdir()
+    cwd = os.getcwd()
+    os.chdir(d)
+    try:
+        assert cli(["export-ncnn", "net_g_100.pth", "models/4x-Tiny"]) == 0
+    finally:
+        os.chdir(cwd)
+    assert sorted(p.name for p in (d / "models").iterdir()) == ["4x-Tiny.bin", "4x-Tiny.param"]
+    return d / "models" / "4x-Tiny.param", d / "models" / "4x-Tiny.bin"
 
 
 @pytest.fixture(scope="module")

@@ -147,7 +147,7 @@ def arch_source() -> str:
 
 def spandrel_arch_source(source: str) -> str:
     """The network part of the arch file, as spandrel keeps architecture code in ``__arch/``."""
-    code = _without_ncnn_path(_network_part(source))
+    code = _network_part(source)
     code = _use_spandrel_store_hyperparameters(code)
     code = _rewrite_module_docstring(code)
     code = _drop_unused_imports(code)
@@ -246,7 +246,7 @@ def trainner_arch_source(source: str) -> str:
     """The network part of the arch file in traiNNer-redux's style: each variant function registered with
     ``@ARCH_REGISTRY.register()``, nothing imported but torch and the registry, no code at import, and MoE
     balancing without a collective (see ``_local_balancing``)."""
-    code = _without_ncnn_path(_network_part(source))
+    code = _network_part(source)
     code = _rewrite_module_docstring(code)
     code = _drop_method(code, ARCH_ID, "variant")
     code = _drop_top_level(code, TRAINNER_DROPPED)
@@ -290,52 +290,6 @@ def _network_part(source: str) -> str:
     return source[:cut].rstrip() + "\n"
 
 
-# The NCNN export path (``ncnn_graph()``, see hyresr_arch.py) serves ``hyresr export-ncnn`` only; the hosts
-# export ONNX from the main forward, so their copies leave it out.
-NCNN_FLAG, NCNN_ENTRY_POINTS = "_NCNN_GRAPH", ("ncnn_graph", "_forward_ncnn", "_init_ncnn")
-
-
-def _without_ncnn_path(code: str) -> str:
-    """The network without its NCNN export path: every ``if _NCNN_GRAPH:`` block, the flag, the context
-    and the methods it enters, then whatever only they used (functions and methods referenced before
-    and by nothing after), until nothing more goes. The main forward is untouched (tests compare)."""
-    def refs(c: str) -> set[str]:
-        tree = ast.parse(c)
-        return ({n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
-                | {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)})
-
-    def defs(c: str) -> list[ast.AST]:
-        tree = ast.parse(c)
-        out = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
-        return out + [m for k in tree.body if isinstance(k, ast.ClassDef) for m in k.body if isinstance(m, ast.FunctionDef)]
-
-    before = refs(code)
-    blocks = [n for n in ast.walk(ast.parse(code)) if isinstance(n, ast.If)
-              and isinstance(n.test, ast.Name) and n.test.id == NCNN_FLAG]
-    if not blocks:
-        raise ContribError(f"hyresr_arch.py has no `if {NCNN_FLAG}:` block: update _without_ncnn_path in "
-                           "hyresr_arch/tools/contrib.py")
-    for node in sorted(blocks, key=lambda n: -n.lineno):
-        if node.orelse:
-            raise ContribError(f"hyresr_arch.py line {node.lineno}: `if {NCNN_FLAG}:` with an else branch")
-        code = _splice(code, node.lineno - 1, node.end_lineno, [])
-    code = _drop_top_level(code, (NCNN_FLAG,))
-    while True:
-        now = refs(code)
-        gone = [n for n in defs(code) if n.name in NCNN_ENTRY_POINTS or (n.name in before and n.name not in now)]
-        if not gone:
-            break
-        for node in sorted(gone, key=lambda n: -n.lineno):
-            start, end = _lines(code, node)
-            lines = code.splitlines(keepends=True)
-            while end < len(lines) and not lines[end].strip():
-                end += 1
-            code = _splice(code, _with_comments_above(code, start), end, ["\n"])
-    if NCNN_FLAG in refs(code):
-        raise ContribError(f"{NCNN_FLAG} is still read after dropping the NCNN path: update _without_ncnn_path")
-    return re.sub(r"\n{4,}", "\n\n\n", code)
-
-
 def _no_code_at_import(code: str) -> None:
     tree = ast.parse(code)
     calls = [n for n in tree.body if isinstance(n, ast.Expr) and not isinstance(n.value, ast.Constant)]
@@ -363,7 +317,7 @@ def _drop_top_level(code: str, names: tuple[str, ...]) -> str:
                          for t in (n.targets if isinstance(n, ast.Assign) else [n.target])))), None)
         if node is None:
             raise ContribError(f"the network part of hyresr_arch.py no longer defines {name}: update "
-                               "TRAINNER_DROPPED or NCNN_FLAG in hyresr_arch/tools/contrib.py")
+                               "TRAINNER_DROPPED in hyresr_arch/tools/contrib.py")
         start, end = _lines(code, node)
         code = _splice(code, _with_comments_above(code, start), end, [])
     code = re.sub(r"\n{4,}", "\n\n\n", code)

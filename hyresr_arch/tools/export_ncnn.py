@@ -1,7 +1,7 @@
 """``hyresr export-ncnn IN OUT [--fp16]``: NCNN ``.param`` / ``.bin`` files, for Upscayl, chaiNNer's NCNN
 nodes, the ``*-ncnn-vulkan`` command-line tools and Android apps.
 
-The fused model is traced inside ``hyresr_arch.ncnn_graph()``: the network computes the same function
+The fused model is traced inside ``hyresr_arch.tools.ncnn_graph.ncnn_graph()``: the network computes the same function
 with operations NCNN has (tensors of at most four dimensions besides the batch, constant pads and
 crops whose ends are shape expressions, the MoE's one-hot without argmax, DySample's sampling grid
 without ``arange``; a test holds it equal to the main forward for every variant). pnnx (PyPI) turns
@@ -114,11 +114,11 @@ def unconverted_layers(param: Path) -> list[str]:
 
 
 def _run_pnnx(net: torch.nn.Module, x1: torch.Tensor, x2: torch.Tensor, work: Path, fp16: bool) -> Path:
-    import hyresr_arch.hyresr_arch as arch
+    from hyresr_arch.tools.ncnn_graph import ncnn_graph
 
     exe = _pnnx_exec()
     pt = work / "model.pt"
-    with arch.ncnn_graph(), torch.no_grad(), warnings_ignored():
+    with ncnn_graph(), torch.no_grad(), warnings_ignored():
         traced = torch.jit.trace(net, (x1,), check_trace=False)
     traced.save(str(pt))
     shape = lambda x: "[" + ",".join(str(int(s)) for s in x.shape) + "]f32"  # noqa: E731
@@ -220,7 +220,7 @@ def export_model(model: torch.nn.Module, out: str | os.PathLike[str], *, fp16: b
 
     with tempfile.TemporaryDirectory(prefix=".hyresr-ncnn-", dir=param_out.parent if param_out.parent.is_dir()
                                      else None) as tmp:
-        work = Path(tmp)
+        work = Path(tmp).resolve()  # pnnx runs in it (cwd): a relative path would resolve twice
         try:
             param = _run_pnnx(net, x1, x2, work, fp16)
         except (ExportError, MissingDependency):
