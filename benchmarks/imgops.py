@@ -3,7 +3,7 @@
 The MATLAB-compatible bicubic resize and PSNR / SSIM are BasicSR's own
 (``basicsr.utils.matlab_functions.imresize``; ``basicsr.metrics.calculate_psnr`` / ``calculate_ssim``
 with ``test_y_channel=True``: BT.601 Y, ``crop_border`` pixels removed per side, SSIM with an 11x11
-Gaussian, sigma 1.5), imported through the pack's compat shim (``registry_hooks/_compat.py``) since
+Gaussian, sigma 1.5), imported through the pack's compat shim (``hyresr_arch/tools/hosts.py``) since
 basicsr 1.4.2 does not import with current torchvision on its own. BasicSR's metrics take BGR
 images; every helper here takes RGB, as the rest of the benchmarks do.
 """
@@ -21,9 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))  # appended: an installed / PYTHONPATH copy of the pack wins
 
-from registry_hooks import _compat  # noqa: E402
+from hyresr_arch.tools.hosts import apply_basicsr_compat  # noqa: E402
 
-_compat.apply()
+apply_basicsr_compat()
 from basicsr.metrics import calculate_psnr, calculate_ssim  # noqa: E402
 from basicsr.utils.matlab_functions import imresize  # noqa: E402
 

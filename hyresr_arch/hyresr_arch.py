@@ -1448,7 +1448,7 @@ def _make_spandrel_arch():
         def __init__(self) -> None:
             super().__init__(
                 id="HyReSR",
-                detect=KeyCondition.has_all("hyresr_meta", "stem.weight", "down1.conv.weight",
+                detect=KeyCondition.has_all("hyresr_meta", "stem.weight",
                                             "bottleneck.blocks.0.high.moe.router.weight",
                                             "bottleneck.blocks.0.split.alpha"),
             )

@@ -110,6 +110,7 @@ LOAD_CONFIGS: tuple[tuple[str, dict], ...] = (
     ("hyresr_tiny", {"scale": 3, "upsampler": "dysample", "noise": True}),
     ("hyresr_tiny", {"scale": 1, "noise": True}),
     ("hyresr_light", {"upsampler": "dysample"}),
+    ("hyresr_tiny", {"dims": (48,), "depths": (2,)}),  # one level: no U-Net, no skips
     ("hyresr_tiny", {"scale": 2, "dims": (16, 24, 32), "depths": (1, 2, 1), "window": 8, "overlap": 0.5,
                      "experts": 3, "expert_ratio": 0.75, "ffn_ratio": 1.25, "low_depth": 2, "high_depth": 2,
                      "global_mix": True, "kernel_size": 5}),

@@ -162,6 +162,15 @@ def test_load():
             upsampler="dysample",
         ),
         lambda: HyReSR(
+            dims=(48,),
+            depths=(2,),
+            window=6,
+            experts=2,
+            ffn_ratio=1.0,
+            global_mix=False,
+            kernel_size=9,
+        ),
+        lambda: HyReSR(
             scale=2,
             dims=(16, 24, 32),
             depths=(1, 2, 1),

@@ -23,10 +23,8 @@ class HyReSRArch(Architecture[HyReSR]):
             detect=KeyCondition.has_all(
                 "hyresr_meta",
                 "stem.weight",
-                "down1.conv.weight",
                 "bottleneck.blocks.0.split.alpha",
                 "bottleneck.blocks.0.high.moe.router.weight",
-                "skip1.refine.0.pw1.weight",
                 KeyCondition.has_any(
                     "head.conv.weight",
                     "head_dysample.to_img.weight",
@@ -80,7 +78,8 @@ class HyReSRArch(Architecture[HyReSR]):
         naf_levels = 0
         while f"encoder{naf_levels + 1}.blocks.0.norm1.weight" in state_dict:
             naf_levels += 1
-        msg_depth = get_seq_len(state_dict, "skip1.refine")
+        # a one-level network has no skips (msg_depth is then 1, unused)
+        msg_depth = get_seq_len(state_dict, "skip1.refine") or 1
         block = "bottleneck.blocks.0"  # every hybrid block has the same layout
         experts = state_dict[f"{block}.high.moe.router.weight"].shape[0]
         low_depth = get_seq_len(state_dict, f"{block}.low.blocks")
