@@ -1173,6 +1173,25 @@ DEFAULT_MEASURE = ["span_s", "safmn"] + list(zoo.HYRESR_NAMES) + [
 
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
+# the fitted cost model, committed with the docs it made, so that other reports (the ablation table)
+# predict with the same parameters without fitting again
+FIT = Path(__file__).resolve().parent / "data" / "gpu_cost_fit.json"
+
+
+def save_fit(rep: dict, path: Path = FIT) -> None:
+    keep = ("source", "protocol", "theta", "theta_units", "stats", "reliable", "peers", "hyresr_dtype", "torch")
+    path.write_text(json.dumps({k: rep[k] for k in keep}, indent=1) + "\n")
+
+
+def load_fit(path: Path = FIT) -> tuple[list[float], dict]:
+    """(theta in the cost model's internal units, the peers' published and leave-one-out FPS) of the saved fit."""
+    fit = json.loads(path.read_text())
+    return [fit["theta"][k] * PARAM_UNITS[k] for k in PARAM_NAMES], fit["peers"]
+
+
+def predict_fps(model: nn.Module, theta: Sequence[float], dtype: str = "fp16") -> float:
+    """The table's FPS predicted for ``model`` (deployed: fused) with the fitted parameters ``theta``."""
+    return fps_of(trace(zoo.fuse_model(copy.deepcopy(model)).eval(), "", dtype), theta)
 DOCS_HEADING = "### GPU cost model: fit, leave-one-out error, predicted RTX 4090 rows"
 
 
@@ -1251,6 +1270,8 @@ def main(argv: list[str] | None = None) -> int:
         args.markdown.write_text(md)
     if args.update_docs:
         print("docs/BENCHMARKS.md updated" if update_docs(md) else f"'{DOCS_HEADING}' not found in {DOCS}")
+        save_fit(rep)
+        print(f"fit saved in {FIT}")
     print(f"done in {time.time() - t0:.0f} s")
     return 0
 

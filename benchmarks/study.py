@@ -498,6 +498,15 @@ def _set_psnr(entry: dict) -> dict[str, float]:
     return {r["set"]: r["psnr_y"] for r in entry["rows"]}
 
 
+def peer_fps() -> str:
+    """The peers' FPS as the same cost model predicts them (leave-one-out) beside their published FPS."""
+    import gpu_model
+
+    _, peers = gpu_model.load_fit()
+    return "; ".join(f"{peers[k]['label']} {peers[k]['loo_fps']:.1f} predicted ({peers[k]['published_fps']:.1f} "
+                     "published)" for k in ("safmn", "span_s", "realplksr pixelshuffle layer_norm=True"))
+
+
 def component_verdict(delta: dict[str, float]) -> str:
     """What taking a component out did, on the selection sets (ablated minus baseline)."""
     d = [delta[s] for s in ("Set5", "Set14")]
@@ -515,12 +524,16 @@ def ablation_table(entries: dict[Job, dict], out: Path) -> list[str]:
     base_job = Job("long", "hyresr_tiny")
     base = entries.get(base_job)
     base = None if base is None or base.get("network") == "v2" else base
-    md = ["| row | what it tests | params | MACs / LR px | Set5 | Set14 | Urban100 | vs baseline (Set5 / Set14) | "
-          "component | wall (CPU) |", "|---|---|---:|---:|---:|---:|---:|---|---|---:|"]
+    import gpu_model
+
+    theta, _ = gpu_model.load_fit()
+    md = ["| row | what it tests | params | MACs / LR px | predicted 4090 FPS | Set5 | Set14 | Urban100 | "
+          "vs baseline (Set5 / Set14) | component | wall (CPU) |", "|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|"]
 
     def line(label: str, what: str, model: torch.nn.Module, entry: dict | None, verdict: bool) -> str:
         params = sum(p.numel() for p in model.parameters())
-        head = f"| {label} | {what} | {params:,} | {macs_per_pixel(model) / 1e3:.0f}K |"
+        fps = gpu_model.predict_fps(model, theta)
+        head = f"| {label} | {what} | {params:,} | {macs_per_pixel(model) / 1e3:.0f}K | {fps:.1f} |"
         if entry is None:
             return head + " ... | ... | ... | | | |"
         got = _set_psnr(entry)
@@ -615,7 +628,9 @@ def report(out: Path, doc: Path = DOC, readme: Path = README) -> int:
         lines += [f"![long-profile learning curves]({png.relative_to(doc.parent).as_posix()})", ""]
     _replace_block(doc, BEGIN, END, [*lines, END], heading="## Quality study (issue 19)")
     ablations = ["", "PSNR-Y (dB), x4, long profile (10,000 steps, standard recipe, seed 0), trained on B100; "
-                 "Set5/Set14 select, Urban100 is only reported. MACs per LR pixel of an eval forward at 64x64 (the "
+                 "Set5/Set14 select, Urban100 is only reported. Predicted FPS: the GPU cost model (fitted to "
+                 "traiNNer-redux's published RTX 4090 table, benchmarks/data/gpu_cost_fit.json) on the fused model, "
+                 f"fp16, 1x3x480x640; {peer_fps()}. MACs per LR pixel of an eval forward at 64x64 (the "
                  f"experts as computed: one per token). A component pays when the row without it is more than {NEUTRAL_DB} dB "
                  f"lower on both Set5 and Set14, costs when more than {NEUTRAL_DB} dB higher on both, and is neutral "
                  "otherwise (one seed per row). '...' = not run yet.", "", *ablation_table(entries, out), ""]

@@ -391,6 +391,9 @@ def test_report_writes_the_head_start_control_the_run_times_and_the_readme_summa
 
     monkeypatch.setattr(study, "load_entry", fake_entry)
     monkeypatch.setattr(study, "plot_long", lambda entries, png: None)
+    import gpu_model
+
+    monkeypatch.setattr(gpu_model, "predict_fps", lambda model, theta: 1000.0 / (sum(p.numel() for p in model.parameters()) / 1e4))
     doc, readme = tmp_path / "BENCHMARKS.md", tmp_path / "README.md"
     doc.write_text(f"# B\n\nbefore\n{study.BEGIN}\nold table\n{study.END}\nafter\n{study.ABLATION_BEGIN}\nold\n"
                    f"{study.ABLATION_END}\n")
@@ -400,11 +403,11 @@ def test_report_writes_the_head_start_control_the_run_times_and_the_readme_summa
     assert "old table" not in d and d.startswith("# B\n\nbefore\n") and "\nafter\n" in d
     assert "\nold\n" not in d and d.endswith(study.ABLATION_END + "\n")
     # the ablation table: each row against the long hyresr_tiny row, a verdict on each component
-    assert "| tiny-no-msg | plain skips instead of MSG | 273,417 | 80K | 29.900 | 29.900 | 29.900 | -0.100 / -0.100 | " \
+    assert "| tiny-no-msg | plain skips instead of MSG | 273,417 | 80K | 36.6 | 29.900 | 29.900 | 29.900 | -0.100 / -0.100 | " \
            "pays (worse without it) | 10 min (9) |" in d
     assert "| -> one dense FFN of the same active width | 271,165 |" in d.replace("| tiny-dense-ffn | MoE ", "| ")
     assert "+0.100 / +0.100 | costs (better without it) |" in d and "-0.020 / -0.020 | neutral |" in d
-    assert "| tiny-1-level | 1 level (no U-Net), about equal params | 266,681 | 190K | 30.000 | 30.000 | 30.000 | " \
+    assert "| tiny-1-level | 1 level (no U-Net), about equal params | 266,681 | 190K | 37.5 | 30.000 | 30.000 | 30.000 | " \
            "+0.000 / +0.000 |  |" in d  # a level count is not a component: no verdict
     # tiny leads SAFMN by 0.5 dB, SAFMN+bilinear by 0.2: 40 % of the lead survives the head start
     assert "| hyresr_tiny | SAFMN | Urban100 | +0.500 | +0.200 | 40% |" in d
