@@ -386,13 +386,20 @@ def test_report_writes_the_head_start_control_the_run_times_and_the_readme_summa
             # tiny ahead by 0.7 dB on 3 of 4 images and behind by 0.1 on one: mean +0.5
             gap = [0.7, 0.7, 0.7, -0.1] if job.model == "hyresr_tiny" else [0.0] * 4
             rows[-1]["per_image_psnr_y"] = {f"img_{i}": 29.5 + g for i, g in enumerate(gap)}
-        return {"rows": rows, "curve": [], "date": "2026-12-03 07:00", "revision": "abc1234",
+        curve = []
+        if (job.config, job.model) == ("long", "hyresr_tiny"):  # the balancing probe at two evaluations
+            curve = [{"iter": it, "set": s, "psnr_y": p, **({"d_out_balance": b, "d_out_optimizer": o} if s == "Set14"
+                                                            else {})}
+                     for it, p, b, o in ((1000, 29.5, 4e-4, 2e-3), (10000, 30.6, 2e-6, 4e-6)) for s in ("Set5", "Set14")]
+        return {"rows": rows, "curve": curve, "date": "2026-12-03 07:00", "revision": "abc1234",
                 "machine": "CPU x, 1 threads, loadavg 2.05"}, "done"
 
     monkeypatch.setattr(study, "load_entry", fake_entry)
     monkeypatch.setattr(study, "plot_long", lambda entries, png: None)
     import gpu_model
 
+    v2_curve = [{"iter": 1000, "set": "Set5", "psnr_y": 29.45}, {"iter": 10000, "set": "Set5", "psnr_y": 30.55}]
+    monkeypatch.setattr(study, "network_v2_entry", lambda path, settings: {"curve": v2_curve, "network": "v2"})
     monkeypatch.setattr(gpu_model, "predict_fps", lambda model, theta: 1000.0 / (sum(p.numel() for p in model.parameters()) / 1e4))
     doc, readme = tmp_path / "BENCHMARKS.md", tmp_path / "README.md"
     doc.write_text(f"# B\n\nbefore\n{study.BEGIN}\nold table\n{study.END}\nafter\n{study.ABLATION_BEGIN}\nold\n"
@@ -407,6 +414,9 @@ def test_report_writes_the_head_start_control_the_run_times_and_the_readme_summa
            "pays (worse without it) | 10 min (9) |" in d
     assert "| -> one dense FFN of the same active width | 271,165 |" in d.replace("| tiny-dense-ffn | MoE ", "| ")
     assert "+0.100 / +0.100 | costs (better without it) |" in d and "-0.020 / -0.020 | neutral |" in d
+    # the balancing step along the long run, beside the optimizer's, and network v2's Set5 at the same step
+    assert "| 1,000 | 0.0083 | 4.00e-04 | 2.00e-03 | 0.20 | 29.500 | 29.450 |" in d
+    assert "| 10,000 | 0.0010 | 2.00e-06 | 4.00e-06 | 0.50 | 30.600 | 30.550 |" in d
     assert "| tiny-1-level | 1 level (no U-Net), about equal params | 266,681 | 190K | 37.5 | 30.000 | 30.000 | 30.000 | " \
            "+0.000 / +0.000 |  |" in d  # a level count is not a component: no verdict
     # tiny leads SAFMN by 0.5 dB, SAFMN+bilinear by 0.2: 40 % of the lead survives the head start
