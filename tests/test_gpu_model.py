@@ -342,3 +342,17 @@ def test_a_bilinear_upsample_is_recorded_as_the_one_kernel_eager_runs():
     eager = [e.name for e in prof.events() if e.name.startswith("aten::") and not e.name.startswith(("aten::empty",
                                                                                                      "aten::as_strided"))]
     assert eager == ["aten::upsample_bilinear2d"]
+
+
+def test_the_readme_speed_table_is_the_saved_fits():
+    """README's predicted FPS come from the committed fit (benchmarks/data/gpu_cost_fit.json, written with
+    docs/BENCHMARKS.md's cost-model block by `gpu_model.py fit --update-docs`), nothing typed by hand."""
+    import json
+
+    fit = json.loads(gm.FIT.read_text())
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index(gm.README_BEGIN) : readme.index(gm.README_END) + len(gm.README_END)]
+    assert block == gm.readme_block(fit)
+    assert "| hyresr_tiny | " in block and "(fused)" not in block
+    theta, peers = gm.load_fit()
+    assert len(theta) == len(gm.PARAM_NAMES) and peers["safmn"]["published_fps"] == 43.65
