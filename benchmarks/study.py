@@ -202,7 +202,11 @@ def network_v2_entry(path: Path, settings: dict) -> dict | None:
 
 
 def resume_file(job: Job, resume: Path) -> Path | None:
-    """The job's resume checkpoint when it has one (quality.py's ``<resume>/<config>/x4_<model>_*.pt``)."""
+    """The job's resume checkpoint when it has one (quality.py's ``<resume>/<config>/x4_<model>_<key>.pt``)."""
+    if job.model in ABLATION:  # the ablation jobs all train one variant: only the key tells them apart
+        _, key, _ = quality.row_file(job.variant, "x4", _args_for(job, resume))
+        path = resume / job.config / f"x4_{job.variant}_{key}.pt"
+        return path if path.exists() else None
     return next(iter(sorted((resume / job.config).glob(f"x4_{job.model}_*.pt"))), None)
 
 
@@ -707,8 +711,9 @@ def show_list(out: Path, resume: Path, n_jobs: int) -> int:
     left = 0.0
     for job in queue(jobs(), resume):
         state = load_entry(job, out)[1]
-        step = resume_step(job, resume) if state in ("missing", "stale") else 0
-        left += job.estimate_s * (1 - step / job.steps) if state in ("missing", "stale") else 0.0
+        todo = state in ("missing", "stale", "network v2")
+        step = resume_step(job, resume) if todo else 0
+        left += job.estimate_s * (1 - step / job.steps) if todo else 0.0
         if state != "done" and _held(lock_path(job, out)):
             state += ", running"
         elif state != "done" and resume_file(job, resume):

@@ -489,3 +489,18 @@ def test_a_row_of_network_v2_is_found_by_its_settings_less_one_parameter_and_lab
     assert study.network_v2_entry(today, {**settings, "params": 298_186}) is None
     md, _ = study.table({study.Job("long", "hyresr_tiny"): entry})
     assert any(line.startswith("| hyresr_tiny (v2) |") for line in md)
+
+
+def test_each_ablation_job_finds_only_its_own_resume_checkpoint(tmp_path):
+    """The ablation jobs all train hyresr_tiny (with other options): their checkpoints share a folder and
+    a name prefix, and only the row key tells them apart."""
+    if not (zoo.DATA / "train_B100").is_dir():
+        pytest.skip(f"{zoo.DATA} is absent: the row keys are made of the data listing")
+    dense, one_level = study.Job("ablation", "tiny-dense-ffn"), study.Job("ablation", "tiny-1-level")
+    _, key, _ = quality.row_file("hyresr_tiny", "x4", study._args_for(dense, tmp_path))
+    (tmp_path / "ablation").mkdir()
+    torch.save({"it": 4321, "model": {}}, tmp_path / "ablation" / f"x4_hyresr_tiny_{key}.pt")
+    assert study.resume_step(dense, tmp_path) == 4321
+    assert study.resume_file(one_level, tmp_path) is None and study.resume_step(one_level, tmp_path) == 0
+    assert "--arch-options" in dense.argv(tmp_path, tmp_path) and "--ablate" in study.Job("ablation", "tiny-no-msg").argv(
+        tmp_path, tmp_path)
