@@ -1,6 +1,6 @@
 """GPU-shaped compute, checked on the CPU: no host syncs, bounded op counts, no per-window bias
-copies, an attention mask that equals an explicit one, checkpoints of format 1 still load, and
-graphs that torch.compile captures whole."""
+copies, an attention mask that equals an explicit one, checkpoints of the v1 network refused with a
+message, and graphs that torch.compile captures whole."""
 
 from __future__ import annotations
 

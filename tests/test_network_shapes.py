@@ -184,8 +184,9 @@ def test_clear_errors_for_bad_input():
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(dims=(24,), depths=(1,)), "2 to 5 levels"),
-    (dict(dims=(24, 32, 48, 64, 96, 128), depths=(1,) * 6), "2 to 5 levels"),
+    (dict(dims=(), depths=()), "1 to 5 levels"),
+    (dict(dims=(24, 32, 48, 64, 96, 128), depths=(1,) * 6), "1 to 5 levels"),
+    (dict(dims=(24,), depths=(1,), msg_depth=2), "no skips, so msg_depth does not apply"),
     (dict(dims=(24, 32, 48), depths=(1, 1)), "one entry per U-Net level"),
     (dict(naf_levels=3), "the bottleneck is always hybrid"),
     (dict(naf_levels=-1), "naf_levels"),
@@ -193,3 +194,16 @@ def test_clear_errors_for_bad_input():
 def test_bad_level_configurations_are_named(kw, match):
     with pytest.raises(ValueError, match=match):
         hyresr_tiny(scale=2, **kw)
+
+
+def test_a_one_level_network_is_a_full_resolution_stack_of_hybrid_blocks():
+    """One level: no U-Net, every block at the input's resolution; odd sizes pad to 2 (the frequency
+    split halves once), and the state dict reads back."""
+    from hyresr_arch import build_from_state_dict
+
+    model = hyresr_tiny(scale=3, dims=(32,), depths=(2,)).eval()
+    assert model.pad_multiple == 2 and not any(n.startswith(("encoder", "down", "skip")) for n, _ in model.named_children())
+    with torch.no_grad():
+        y = model(torch.rand(1, 3, 13, 17))
+    assert y.shape == (1, 3, 39, 51)
+    assert build_from_state_dict(model.state_dict()).hyperparameters == model.hyperparameters

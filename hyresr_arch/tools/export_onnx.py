@@ -65,12 +65,6 @@ def parse_static(text: str | None) -> tuple[int, int] | None:
     return h, w
 
 
-def onnx_file_name(name: str, in_ch: int, fp16: bool, opset: int, static: tuple[int, int] | None = None) -> str:
-    """traiNNer-redux's naming: {name}_{1x3xHxW_dyn-HW}_{fp32|fp16}_op{opset}.onnx."""
-    shape = f"1x{in_ch}x{static[0]}x{static[1]}" if static else f"1x{in_ch}xHxW_dyn-HW"
-    return f"{name}_{shape}_{'fp16' if fp16 else 'fp32'}_op{opset}.onnx"
-
-
 def verify_onnx(path: Path, reference: torch.nn.Module, sizes, in_ch: int, scale: int, seed: int = 0) -> dict:
     """Max abs error of the ONNX file vs the fp32 PyTorch reference at each (batch, H, W)."""
     sess = ort_session(path)

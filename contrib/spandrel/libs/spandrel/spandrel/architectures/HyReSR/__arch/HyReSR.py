@@ -189,10 +189,17 @@ class NAFBlock(nn.Module):
         return _add_scaled(x, self.gamma, y)
 
 
+def naf_blocks(dim: int, depth: int) -> nn.Sequential:
+    """``depth`` NAF blocks in a row: the low path, a NAF-only stage and the MSG skip's refinement."""
+    return nn.Sequential(*[NAFBlock(dim) for _ in range(depth)])
+
+
 class LowFreqPath(nn.Module):
+    """NAF blocks on the half-resolution low band."""
+
     def __init__(self, dim: int, depth: int) -> None:
         super().__init__()
-        self.blocks = nn.Sequential(*[NAFBlock(dim) for _ in range(depth)])
+        self.blocks = naf_blocks(dim, depth)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.blocks(x)
@@ -895,15 +902,11 @@ class Stage(nn.Module):
         return x
 
 
-class NAFStage(nn.Module):
+class NAFStage(LowFreqPath):
     """NAF blocks only (no attention, no experts): the top ``naf_levels`` stages of a restoration
     variant, where window attention costs the most and plain gated convs do most of the work."""
 
     shifts: tuple[bool, ...] = ()  # no attention layers
-
-    def __init__(self, dim: int, depth: int) -> None:
-        super().__init__()
-        self.blocks = nn.Sequential(*[NAFBlock(dim) for _ in range(depth)])
 
     def geometries(self, x: Tensor, *others: Stage) -> dict[bool, WindowGeometry]:
         return {}  # its partner at the same level is a NAFStage too
@@ -956,7 +959,7 @@ class MSGSkip(nn.Module):
         self.down = nn.Sequential(
             nn.PixelUnshuffle(2), nn.Conv2d(dim * 4, dim, 1)
         )  # learned x0.5
-        self.refine = nn.Sequential(*[NAFBlock(dim) for _ in range(depth)])
+        self.refine = naf_blocks(dim, depth)
         self.gamma = nn.Parameter(torch.full((1, dim, 1, 1), RESIDUAL_INIT))
         self.mix = nn.Conv2d(dim * 2, dim, 1)
 
@@ -1098,7 +1101,7 @@ class HyReSR(nn.Module):
             upsampler=upsampler,
             msg_depth=msg_depth,
             naf_levels=naf_levels,
-            ratios=(overlap, ffn_ratio, expert_ratio),
+            ratios=(ffn_ratio, expert_ratio),
         )
         self.in_ch, self.out_ch, self.scale = in_ch, out_ch, scale
         kv_window = window + round(window * overlap)
@@ -1363,7 +1366,7 @@ def _check_config(
     upsampler: str,
     msg_depth: int,
     naf_levels: int,
-    ratios: tuple[float, float, float],
+    ratios: tuple[float, float],
 ) -> None:
     if in_ch not in (1, 3, 4) or out_ch not in (1, 3, 4):
         raise ValueError(
@@ -1415,9 +1418,9 @@ def _check_config(
         raise ValueError(
             f"overlap must be in [0, 1] with window * overlap an even integer, got {overlap}"
         )
-    if any(r < 0 or abs(r * 1000 - round(r * 1000)) > 1e-9 for r in ratios):
+    if any(r < 0 or abs(r * 1000 - round(r * 1000)) > 1e-9 for r in (overlap, *ratios)):
         raise ValueError(
-            f"overlap, ffn_ratio and expert_ratio take at most 3 decimals, got {ratios}"
+            f"overlap, ffn_ratio and expert_ratio take at most 3 decimals, got {(overlap, *ratios)}"
         )
 
 
