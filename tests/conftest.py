@@ -60,8 +60,8 @@ def assert_nonzero_gradients(model: torch.nn.Module) -> None:
         if moe.experts == 1:
             done.update(id(p) for p in moe.router.parameters() if p.grad is not None)
     for name, p in model.named_parameters():
-        if not p.requires_grad:
-            assert name.endswith("route_bias"), f"{name} is frozen"
+        if not p.requires_grad:  # the balancing state: updated by the forward, never by gradients
+            assert name.endswith("route_bias") or name == "balance_steps", f"{name} is frozen"
         elif id(p) not in done:
             assert p.grad is not None and torch.isfinite(p.grad).all(), f"{name}: no or non-finite gradient"
             assert p.grad.abs().sum() > 0, f"{name}: all-zero gradient"
