@@ -13,7 +13,7 @@
 #      as far as the budget goes. Printed as rows of that table plus FPS (CL) ratios to SPAN and SAFMN
 #      measured in the same run, next to the peers' published RTX 4090 FPS: gpu_table.md / gpu_table.json.
 #      Compare with the cost model's RTX 4090 predictions in docs/BENCHMARKS.md ("GPU cost model").
-#   2. tests/test_cuda.py (the suite's CUDA tests).
+#   2. tests/network/test_cuda.py (the suite's CUDA tests).
 #   3. Precision: fp16/bf16 inference vs fp32, short AMP training runs (bf16, fp16 + GradScaler).
 #   4. Latency at 64x64 x4 (efficiency.py): fp32, bf16, fp16, channels_last fp16, GMACs top-1 / dense.
 # Left out to stay under 8 minutes (run by hand when time allows):
@@ -51,8 +51,8 @@ timeout 270 $PY benchmarks/gpu_model.py measure --budget-s 230 --out "$OUT" 2>&1
 stamp "table rc=${PIPESTATUS[0]} (124 = cut by timeout; rows finished before it are in gpu_table.log)"
 
 if $PY -c "import pytest" 2>/dev/null; then
-  stamp "2. tests/test_cuda.py (the suite's CUDA tests)"
-  timeout 50 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py > "$OUT/test_cuda.log" 2>&1
+  stamp "2. tests/network/test_cuda.py (the suite's CUDA tests)"
+  timeout 50 $PY -m pytest -q -p no:cacheprovider tests/network/test_cuda.py > "$OUT/test_cuda.log" 2>&1
   stamp "test_cuda rc=$?"
 fi
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(ROOT))
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 #   from torchvision.transforms.functional.
 # - torch.load defaults to weights_only=True since torch 2.6. BasicSR's checkpoints load that way; its
 #   resume states also hold a collections.Counter (MultiStepRestartLR milestones), added to the safe globals.
-# - numpy 2: the 1.4.2 training/validation path uses no removed aliases (tests/test_hosts.py runs it).
+# - numpy 2: the 1.4.2 training/validation path uses no removed aliases (tests/hosts/test_hosts.py runs it).
 
 _SHIM_NAME = "torchvision.transforms.functional_tensor"
 

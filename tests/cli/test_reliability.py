@@ -360,11 +360,8 @@ MANY_GROWTH_MIB = 16  # RSS after image 50 minus after image 5 (measured: ~0)
 
 
 def _memory_bench():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import memory
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    import memory  # benchmarks/memory.py (benchmarks/ is on pytest's pythonpath)
+
     return memory
 
 

@@ -1,4 +1,4 @@
-"""Issue 19's quality study: the long profile and plain recipe as specified, the head-start control,
+"""The quality study: the long profile and plain recipe as specified, the head-start control,
 the stored row files (format, reuse, staleness, the judge set) and the summary table's verdicts.
 
 Trainings here are 2-4 steps on a synthetic folder of small images (seconds); the real study runs
@@ -22,8 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 import imgops  # noqa: E402
 import quality  # noqa: E402
@@ -453,7 +452,7 @@ def test_a_pairs_bootstrap_interval_stays_put_when_other_pairs_rows_arrive():
 
 
 def test_the_committed_docs_are_the_report_of_the_committed_rows(tmp_path, monkeypatch):
-    """Issue 19's auditability: README.md and docs/BENCHMARKS.md quote exactly what `study.py report`
+    """Auditability: README.md and docs/BENCHMARKS.md quote exactly what `study.py report`
     makes from the row files in the repo, so a reader can regenerate every number they print."""
     if not (zoo.DATA / "train_B100").is_dir():
         pytest.skip(f"{zoo.DATA} is absent: the row files are named after the data they were trained on")

@@ -1,4 +1,4 @@
-"""What a new user hit with the ``hyresr`` command (issue 23): one test (or more) per point.
+"""What a new user hit with the ``hyresr`` command: one test (or more) per point.
 
 Each failure must be one line that names the problem and what to do; a batch goes on where it can;
 nothing is left half-written or behind; outputs are reproducible. Everything runs through

@@ -24,7 +24,7 @@ import yaml
 
 import hyresr_arch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ARCH_FILE = ROOT / "hyresr_arch" / "hyresr_arch.py"
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 

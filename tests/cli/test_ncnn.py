@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import cv2
@@ -281,7 +280,6 @@ def test_output_names():
 def test_ncnn_profile_times_each_layer_of_the_file_once(tiny4_files):
     """benchmarks/ncnn_profile.py: one entry per layer (the header's count, less the input), in file
     order, each extract succeeding (an unknown blob name would make ncnn return an empty Mat)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
     import ncnn_profile
 
     param, bin_path = tiny4_files

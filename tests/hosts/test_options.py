@@ -20,7 +20,7 @@ from unittest import mock
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OPTIONS = ROOT / "options"
 BASICSR_FILES = sorted((OPTIONS / "basicsr").glob("*.yml"))
 NEOSR_FILES = sorted((OPTIONS / "neosr").glob("*.toml"))

@@ -4,8 +4,6 @@ message, and graphs that torch.compile captures whole."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +13,6 @@ from conftest import perturb
 from hyresr_arch import BUILDERS, HyReSRStateDictError, TokenMoE, build_from_state_dict, hyresr_light, hyresr_tiny
 from hyresr_arch import hyresr_arch as A
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from kernels import HOST_SYNC_OPS, OpCounter, count_forward, count_training_step  # noqa: E402
 
 

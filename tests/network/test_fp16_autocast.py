@@ -1,4 +1,4 @@
-"""fp16 autocast training on CPU, the network's side (issue 12, item 7).
+"""fp16 autocast training on CPU, the network's side.
 
 The NaN gradients seen with traiNNer-redux's MS-SSIM loss under CPU fp16 autocast come from the
 loss, not the network: traiNNer-redux (and neosr) guard their MS-SSIM, perceptual and HSLuv
